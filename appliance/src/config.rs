@@ -1,0 +1,210 @@
+//! The appliance's runtime configuration (`appliance serve --config FILE`):
+//! where to listen, where state lives, which keys may sign policy bundles.
+//! This is local, unsigned operator config; the policy itself is the signed
+//! bundle in `policy_dir`. Relative paths are resolved against the config
+//! file's directory (or the working directory for the embedded defaults).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("config file {0}: {1}")]
+    Parse(String, String),
+    #[error("config file {0}: {1}")]
+    Invalid(String, String),
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    policy_dir: Option<PathBuf>,
+    #[serde(default)]
+    trusted_policy_keys: Vec<String>,
+    secrets_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    tls_names: Vec<String>,
+    audit_queue: Option<usize>,
+    upstream_connect_timeout: Option<String>,
+    header_timeout: Option<String>,
+    policy_poll_interval: Option<String>,
+    revocation_poll_interval: Option<String>,
+}
+
+/// Validated runtime configuration with absolute paths.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The one TLS port: tunnel streams (ALPN `tunnel-lite/1`) and the HTTPS API (ALPN `http/1.1`).
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub policy_dir: PathBuf,
+    /// minisign public keys (the `RW...` line or a path to a `.pub` file).
+    pub trusted_policy_keys: Vec<String>,
+    pub secrets_file: Option<PathBuf>,
+    /// Operator-provided certificate and key (PEM); a self-signed pair is generated otherwise.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Names and IPs put in a generated certificate.
+    pub tls_names: Vec<String>,
+    pub audit_queue: usize,
+    pub upstream_connect_timeout: Duration,
+    /// Bound on TLS handshake plus tunnel header (slowloris defence).
+    pub header_timeout: Duration,
+    pub policy_poll_interval: Duration,
+    pub revocation_poll_interval: Duration,
+}
+
+impl RuntimeConfig {
+    /// Embedded defaults: everything under `./appliance-data/`.
+    pub fn defaults() -> RuntimeConfig {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        Self::from_raw(RawConfig::default(), &cwd, "<defaults>")
+            .expect("the embedded defaults are valid")
+    }
+
+    /// Loads `path`, or the embedded defaults when `None`.
+    pub fn load(path: Option<&Path>) -> Result<RuntimeConfig, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::defaults());
+        };
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(shown.clone(), e))?;
+        let raw: RawConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse(shown.clone(), e.to_string()))?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = std::path::absolute(&base).unwrap_or(base);
+        Self::from_raw(raw, &base, &shown)
+    }
+
+    fn from_raw(raw: RawConfig, base: &Path, shown: &str) -> Result<RuntimeConfig, ConfigError> {
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let dur = |key: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(s) => humantime::parse_duration(&s).map_err(|e| {
+                    ConfigError::Invalid(shown.to_string(), format!("{key} = {s:?}: {e}"))
+                }),
+            }
+        };
+        let data_dir = abs(raw.data_dir.unwrap_or_else(|| PathBuf::from("appliance-data")));
+        let policy_dir = raw
+            .policy_dir
+            .map(abs)
+            .unwrap_or_else(|| data_dir.join("policy"));
+        if raw.tls_cert.is_some() != raw.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                shown.to_string(),
+                "tls_cert and tls_key must be given together".into(),
+            ));
+        }
+        let tls_names = if raw.tls_names.is_empty() {
+            vec!["localhost".into(), "127.0.0.1".into(), "appliance".into()]
+        } else {
+            raw.tls_names
+        };
+        Ok(RuntimeConfig {
+            listen: raw
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8443))),
+            secrets_file: raw.secrets_file.map(abs),
+            tls_cert: raw.tls_cert.map(abs),
+            tls_key: raw.tls_key.map(abs),
+            tls_names,
+            trusted_policy_keys: raw
+                .trusted_policy_keys
+                .into_iter()
+                .map(|k| {
+                    // A key is either the base64 line or a path to a .pub file.
+                    let as_path = Path::new(&k);
+                    if k.starts_with("RW") || as_path.is_absolute() {
+                        k
+                    } else {
+                        base.join(as_path).display().to_string()
+                    }
+                })
+                .collect(),
+            audit_queue: raw.audit_queue.unwrap_or(8192),
+            upstream_connect_timeout: dur(
+                "upstream_connect_timeout",
+                raw.upstream_connect_timeout,
+                Duration::from_secs(5),
+            )?,
+            header_timeout: dur("header_timeout", raw.header_timeout, Duration::from_secs(10))?,
+            policy_poll_interval: dur(
+                "policy_poll_interval",
+                raw.policy_poll_interval,
+                Duration::from_secs(1),
+            )?,
+            revocation_poll_interval: dur(
+                "revocation_poll_interval",
+                raw.revocation_poll_interval,
+                Duration::from_millis(200),
+            )?,
+            data_dir,
+            policy_dir,
+        })
+    }
+
+    /// The SQLite file holding the audit trail, revocations and policy state.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("appliance.db")
+    }
+
+    /// The appliance's Ed25519 key for session tokens.
+    pub fn session_key_path(&self) -> PathBuf {
+        self.data_dir.join("keys").join("session-signing.pk8")
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+
+    /// The secrets file in use: the configured one, else `DATA_DIR/secrets.toml` if present.
+    pub fn effective_secrets_file(&self) -> Option<PathBuf> {
+        self.secrets_file.clone().or_else(|| {
+            let p = self.data_dir.join("secrets.toml");
+            p.exists().then_some(p)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("appl-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("appliance.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9443\"\ndata_dir = \"state\"\ntrusted_policy_keys = [\"keys/policy.pub\", \"RWQabc\"]\nheader_timeout = \"3s\"\n",
+        )
+        .unwrap();
+        let cfg = RuntimeConfig::load(Some(&file)).unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:9443".parse().unwrap());
+        assert_eq!(cfg.data_dir, dir.join("state"));
+        assert_eq!(cfg.policy_dir, dir.join("state/policy"));
+        assert_eq!(cfg.trusted_policy_keys[0], dir.join("keys/policy.pub").display().to_string());
+        assert_eq!(cfg.trusted_policy_keys[1], "RWQabc");
+        assert_eq!(cfg.header_timeout, Duration::from_secs(3));
+        std::fs::write(&file, "listen = \"127.0.0.1:9443\"\nbogus = 1\n").unwrap();
+        let err = RuntimeConfig::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,74 @@
+//! The front door: accepts TCP, completes TLS 1.3, and dispatches by ALPN to
+//! a tunnel stream (`tunnel-lite/1`) or the HTTPS API (`http/1.1`). A slow or
+//! broken client costs only its own task: handshake and header are bounded
+//! by `header_timeout`, and every connection runs on its own task.
+
+mod admit;
+mod tunnel;
+
+pub use admit::{admit, rfc3339, Admission, Refusal};
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::Shared;
+
+/// Accepts connections until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let acceptor = acceptor.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            handle_connection(tcp, peer, acceptor, shared).await;
+        });
+    }
+}
+
+async fn handle_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + shared.cfg.header_timeout;
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    match alpn.as_deref() {
+        Some(p) if p == tunnel_lite::wire::ALPN => tunnel::handle(tls, peer, deadline, shared).await,
+        Some(p) if p == crate::tls::ALPN_HTTP => crate::api::serve_connection(tls, peer, shared).await,
+        _ => tracing::debug!(%peer, "client offered no known ALPN protocol; closing"),
+    }
+}

@@ -1,0 +1,220 @@
+//! Talking to the appliance: open one tunnel stream per proxied connection
+//! (TLS 1.3, ALPN `tunnel-lite/1`, session resumption through the shared
+//! client config), and call the HTTPS API (ALPN `http/1.1`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::api::{ApiError, ConnectionsResponse, InfoResponse, LoginRequest, LoginResponse};
+use crate::http::{self, HttpResponse};
+use crate::tls::{self, Trust};
+use crate::wire::{self, Request, Status, MAX_REQUEST, MAX_RESPONSE};
+
+/// How long connecting plus the TLS handshake plus the header exchange may take.
+pub const TUNNEL_SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+const API_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the appliance at {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("TLS with the appliance at {0} failed: {1}")]
+    Tls(String, std::io::Error),
+    #[error("the appliance refused: {reason} ({})", status.as_str())]
+    Refused { status: Status, reason: String },
+    #[error("the appliance sent a malformed answer: {0}")]
+    Protocol(String),
+    #[error("timed out talking to the appliance at {0}")]
+    Timeout(String),
+    #[error(transparent)]
+    TlsConfig(#[from] tls::TlsError),
+    #[error("appliance API: {0}")]
+    Http(#[from] http::HttpError),
+    #[error("appliance API answered {status}: {reason}")]
+    Api { status: u16, code: String, reason: String },
+}
+
+impl ClientError {
+    /// The tunnel status, when the appliance refused a tunnel.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            ClientError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether the fix is `tunnel-lite login` (expired or rejected token, or revoked).
+    pub fn needs_login(&self) -> bool {
+        match self {
+            ClientError::Refused { status, .. } => status.needs_login(),
+            ClientError::Api { code, .. } => {
+                matches!(code.as_str(), "token_expired" | "token_invalid" | "token_missing")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A connection-ready handle to one appliance. Cheap to clone; clones share
+/// the TLS session cache, so new tunnels resume instead of full handshakes.
+#[derive(Clone)]
+pub struct ApplianceClient {
+    addr: String,
+    server_name: ServerName<'static>,
+    tunnel_tls: tokio_rustls::TlsConnector,
+    api_tls: Arc<rustls::ClientConfig>,
+}
+
+impl ApplianceClient {
+    /// `addr` is `host:port`.
+    pub fn new(addr: &str, trust: &Trust) -> Result<ApplianceClient, ClientError> {
+        let host = match addr.rsplit_once(':') {
+            Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+            None => addr,
+        };
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|_| ClientError::Protocol(format!("{host:?} is not a valid host name")))?;
+        Ok(ApplianceClient {
+            addr: addr.to_string(),
+            server_name,
+            tunnel_tls: tokio_rustls::TlsConnector::from(tls::client_config(trust, wire::ALPN)?),
+            api_tls: tls::client_config(trust, b"http/1.1")?,
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Opens a tunnel stream to `target:port`, ready for raw bytes, or the
+    /// appliance's refusal with its reason.
+    pub async fn open_tunnel(
+        &self,
+        token: &str,
+        target: &str,
+        port: u16,
+    ) -> Result<TlsStream<TcpStream>, ClientError> {
+        match tokio::time::timeout(TUNNEL_SETUP_TIMEOUT, self.open_inner(token, target, port)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout(self.addr.clone())),
+        }
+    }
+
+    async fn open_inner(&self, token: &str, target: &str, port: u16) -> Result<TlsStream<TcpStream>, ClientError> {
+        let tcp = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| ClientError::Connect(self.addr.clone(), e))?;
+        let _ = tcp.set_nodelay(true);
+        let mut tls = self
+            .tunnel_tls
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| ClientError::Tls(self.addr.clone(), e))?;
+        let mut header = [0u8; MAX_REQUEST];
+        let n = wire::encode_request(&Request { token, target, port }, &mut header)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        tls.write_all(&header[..n])
+            .await
+            .map_err(|e| ClientError::Tls(self.addr.clone(), e))?;
+        tls.flush().await.map_err(|e| ClientError::Tls(self.addr.clone(), e))?;
+
+        // Read exactly the response header: bytes after it belong to the client.
+        let mut buf = [0u8; MAX_RESPONSE];
+        let mut have = 0;
+        loop {
+            match wire::decode_response(&buf[..have]) {
+                Ok(Some((resp, _))) => {
+                    return match resp.status {
+                        Status::Ok => Ok(tls),
+                        status => Err(ClientError::Refused {
+                            status,
+                            reason: resp.reason.to_string(),
+                        }),
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+            // Read only as much as the header can still need (4 bytes, then the reason).
+            let need = if have < 4 {
+                4 - have
+            } else {
+                4 + u16::from_be_bytes([buf[2], buf[3]]) as usize - have
+            };
+            let n = tls
+                .read(&mut buf[have..have + need])
+                .await
+                .map_err(|e| ClientError::Tls(self.addr.clone(), e))?;
+            if n == 0 {
+                return Err(ClientError::Protocol(
+                    "the appliance closed the tunnel before answering".into(),
+                ));
+            }
+            have += n;
+        }
+    }
+
+    async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<HttpResponse, ClientError> {
+        let url = format!("https://{}{}", self.addr, path);
+        let auth;
+        let mut headers: Vec<(&str, &str)> = vec![("accept", "application/json")];
+        if let Some(t) = bearer {
+            auth = format!("Bearer {t}");
+            headers.push(("authorization", &auth));
+        }
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        let resp = http::request(method, &url, &headers, body, Some(self.api_tls.clone()), API_TIMEOUT).await?;
+        if resp.status >= 400 {
+            let (code, reason) = match resp.json::<ApiError>() {
+                Ok(e) => (e.error, e.reason),
+                Err(_) => ("http_error".to_string(), String::from_utf8_lossy(&resp.body).into_owned()),
+            };
+            return Err(ClientError::Api {
+                status: resp.status,
+                code,
+                reason,
+            });
+        }
+        Ok(resp)
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(resp: &HttpResponse) -> Result<T, ClientError> {
+        resp.json()
+            .map_err(|e| ClientError::Protocol(format!("unexpected API answer: {e}")))
+    }
+
+    /// `GET /v1/health`: the raw JSON.
+    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+        Self::parse(&self.api("GET", "/v1/health", None, None).await?)
+    }
+
+    pub async fn info(&self) -> Result<InfoResponse, ClientError> {
+        Self::parse(&self.api("GET", "/v1/info", None, None).await?)
+    }
+
+    /// Exchanges an IdP ID token for an appliance session token.
+    pub async fn login(&self, id_token: &str) -> Result<LoginResponse, ClientError> {
+        let body = serde_json::to_vec(&LoginRequest {
+            id_token: id_token.to_string(),
+        })
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Self::parse(&self.api("POST", "/v1/login", None, Some(body)).await?)
+    }
+
+    pub async fn connections(&self, token: &str) -> Result<ConnectionsResponse, ClientError> {
+        Self::parse(&self.api("GET", "/v1/connections", Some(token), None).await?)
+    }
+}

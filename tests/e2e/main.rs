@@ -1,2 +1,9 @@
-mod login;
+//! End-to-end tests: one binary, one link step. Each module drives real
+//! clients (psql, ssh, dig, minisign, the tunnel-lite and appliance CLIs)
+//! against real servers started by the fixtures in `tests/support`.
+
+mod bundles;
+mod cli;
 mod dns;
+mod login;
+mod tunnel;

@@ -174,6 +174,14 @@ impl ApplianceFixture {
         crate::run(&mut cmd, false)
     }
 
+    /// Stops the appliance but keeps its data dir (for restart tests).
+    pub async fn stop_keep_dir(mut self) -> tempfile::TempDir {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        self.dir
+    }
+
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;

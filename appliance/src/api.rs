@@ -19,11 +19,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tunnel_lite::api::{
     ApiError, ConnectionInfo, ConnectionsResponse, InfoResponse, LoginRequest, LoginResponse,
 };
 use tunnel_lite::login::DeviceFlowInfo;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::audit::{AuditKind, AuditRecord};
 use crate::identity::{IdentityError, SessionSigner};
@@ -65,10 +65,16 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Rep
             StatusCode::OK,
             &serde_json::json!({ "keys": [shared.signer.public_jwk()] }),
         ),
-        (_, "/v1/health" | "/v1/info" | "/v1/login" | "/v1/connections") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed")
-        }
-        _ => error(StatusCode::NOT_FOUND, "not_found", &format!("no such endpoint {path}")),
+        (_, "/v1/health" | "/v1/info" | "/v1/login" | "/v1/connections") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed",
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no such endpoint {path}"),
+        ),
     }
 }
 
@@ -172,7 +178,11 @@ async fn login(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Rep
         }
         Some(Err(e)) => {
             tracing::error!(error = %e, "the policy's identity settings are unusable");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "idp_config", &e.to_string());
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "idp_config",
+                &e.to_string(),
+            );
         }
         Some(Ok(v)) => v,
     };
@@ -207,7 +217,11 @@ async fn login(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Rep
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "issuing a session token failed");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not issue a session token");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "could not issue a session token",
+            );
         }
     };
     let expires_at = match shared.signer.verify(&token) {
@@ -221,7 +235,11 @@ async fn login(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Rep
         .outcome("ok")
         .detail(serde_json::json!({ "expires_at": expires_at }));
     if shared.audit.record(rec).await.is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", "the audit trail is unavailable");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit trail is unavailable",
+        );
     }
     tracing::info!(user = %identity.user, %peer, "login");
     json(

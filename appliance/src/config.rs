@@ -77,7 +77,8 @@ impl RuntimeConfig {
             return Ok(Self::defaults());
         };
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(shown.clone(), e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(shown.clone(), e))?;
         let raw: RawConfig =
             toml::from_str(&text).map_err(|e| ConfigError::Parse(shown.clone(), e.to_string()))?;
         let base = path
@@ -91,15 +92,18 @@ impl RuntimeConfig {
 
     fn from_raw(raw: RawConfig, base: &Path, shown: &str) -> Result<RuntimeConfig, ConfigError> {
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let dur = |key: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
-            match v {
-                None => Ok(default),
-                Some(s) => humantime::parse_duration(&s).map_err(|e| {
-                    ConfigError::Invalid(shown.to_string(), format!("{key} = {s:?}: {e}"))
-                }),
-            }
-        };
-        let data_dir = abs(raw.data_dir.unwrap_or_else(|| PathBuf::from("appliance-data")));
+        let dur =
+            |key: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(s) => humantime::parse_duration(&s).map_err(|e| {
+                        ConfigError::Invalid(shown.to_string(), format!("{key} = {s:?}: {e}"))
+                    }),
+                }
+            };
+        let data_dir = abs(raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("appliance-data")));
         let policy_dir = raw
             .policy_dir
             .map(abs)
@@ -142,7 +146,11 @@ impl RuntimeConfig {
                 raw.upstream_connect_timeout,
                 Duration::from_secs(5),
             )?,
-            header_timeout: dur("header_timeout", raw.header_timeout, Duration::from_secs(10))?,
+            header_timeout: dur(
+                "header_timeout",
+                raw.header_timeout,
+                Duration::from_secs(10),
+            )?,
             policy_poll_interval: dur(
                 "policy_poll_interval",
                 raw.policy_poll_interval,
@@ -199,7 +207,10 @@ mod tests {
         assert_eq!(cfg.listen, "127.0.0.1:9443".parse().unwrap());
         assert_eq!(cfg.data_dir, dir.join("state"));
         assert_eq!(cfg.policy_dir, dir.join("state/policy"));
-        assert_eq!(cfg.trusted_policy_keys[0], dir.join("keys/policy.pub").display().to_string());
+        assert_eq!(
+            cfg.trusted_policy_keys[0],
+            dir.join("keys/policy.pub").display().to_string()
+        );
         assert_eq!(cfg.trusted_policy_keys[1], "RWQabc");
         assert_eq!(cfg.header_timeout, Duration::from_secs(3));
         std::fs::write(&file, "listen = \"127.0.0.1:9443\"\nbogus = 1\n").unwrap();

@@ -67,8 +67,12 @@ async fn handle_connection(
     };
     let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     match alpn.as_deref() {
-        Some(p) if p == tunnel_lite::wire::ALPN => tunnel::handle(tls, peer, deadline, shared).await,
-        Some(p) if p == crate::tls::ALPN_HTTP => crate::api::serve_connection(tls, peer, shared).await,
+        Some(p) if p == tunnel_lite::wire::ALPN => {
+            tunnel::handle(tls, peer, deadline, shared).await
+        }
+        Some(p) if p == crate::tls::ALPN_HTTP => {
+            crate::api::serve_connection(tls, peer, shared).await
+        }
         _ => tracing::debug!(%peer, "client offered no known ALPN protocol; closing"),
     }
 }

@@ -13,7 +13,11 @@ use appliance::identity::{Identity, RevocationStore, SessionSigner};
 use appliance::policy;
 
 #[derive(Parser)]
-#[command(name = "appliance", version, about = "The access appliance: identity-aware gateway to production systems")]
+#[command(
+    name = "appliance",
+    version,
+    about = "The access appliance: identity-aware gateway to production systems"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -142,7 +146,10 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("appliance: cannot start the runtime: {e}");
@@ -161,7 +168,10 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg = RuntimeConfig::load(config.as_deref())?;
             let running = appliance::server::start(cfg).await?;
             println!("appliance listening on {}", running.addr);
-            println!("TLS fingerprint (pin it in tunnel-lite): {}", running.fingerprint);
+            println!(
+                "TLS fingerprint (pin it in tunnel-lite): {}",
+                running.fingerprint
+            );
             running.run_until_signal().await;
             Ok(())
         }
@@ -194,7 +204,10 @@ async fn run(cli: Cli) -> Result<()> {
                 .user(who.user.clone())
                 .groups(who.groups.iter().cloned())
                 .outcome("ok")
-                .reason(format!("minted locally with `appliance token issue`, ttl {}", humantime::format_duration(ttl)));
+                .reason(format!(
+                    "minted locally with `appliance token issue`, ttl {}",
+                    humantime::format_duration(ttl)
+                ));
             write_audit(&cfg, rec).await?;
             println!("{token}");
             Ok(())
@@ -232,7 +245,14 @@ async fn run(cli: Cli) -> Result<()> {
                     .outcome(if changed { "ok" } else { "unchanged" })
                     .detail(serde_json::json!({ "by": by }));
                 write_audit(&cfg, rec).await?;
-                println!("{user}: {}", if changed { "access restored" } else { "was not revoked" });
+                println!(
+                    "{user}: {}",
+                    if changed {
+                        "access restored"
+                    } else {
+                        "was not revoked"
+                    }
+                );
             } else {
                 let changed = store.revoke(&user, &by, reason.as_deref())?;
                 let mut rec = AuditRecord::new(AuditKind::IdentityRevoked)
@@ -270,7 +290,10 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg = RuntimeConfig::load(config.as_deref())?;
             let db = cfg.db_path();
             if !db.exists() {
-                bail!("no audit database at {} (has the appliance run with this config?)", db.display());
+                bail!(
+                    "no audit database at {} (has the appliance run with this config?)",
+                    db.display()
+                );
             }
             let kind = match kind {
                 Some(k) => Some(AuditKind::from_name(&k).with_context(|| {
@@ -329,7 +352,8 @@ fn policy_command(command: PolicyCommand) -> Result<()> {
         PolicyCommand::Verify { pubkey, file } => {
             let key = policy::TrustedKey::from_str_or_file(&pubkey)?;
             policy::verify_file(&key, &file)?;
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
             let parsed = policy::parse_policy(&text)?;
             println!(
                 "{}: signature OK (key id {}), policy version {} valid",
@@ -340,8 +364,10 @@ fn policy_command(command: PolicyCommand) -> Result<()> {
             Ok(())
         }
         PolicyCommand::Check { file } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            let parsed = policy::parse_policy(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let parsed = policy::parse_policy(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             println!(
                 "{}: valid policy version {} with {} connection(s)",
                 file.display(),

@@ -106,7 +106,10 @@ impl Running {
         let _ = self
             .shared
             .audit
-            .record(AuditRecord::new(AuditKind::ApplianceStopped).reason(format!("{closed} live sessions closed")))
+            .record(
+                AuditRecord::new(AuditKind::ApplianceStopped)
+                    .reason(format!("{closed} live sessions closed")),
+            )
             .await;
         let _ = self.shared.audit.flush().await;
         drop(self.shared);
@@ -181,7 +184,9 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
 
     let mut trusted = Vec::new();
     for k in &cfg.trusted_policy_keys {
-        trusted.push(TrustedKey::from_str_or_file(k).map_err(|e| ServerError::TrustedKey(k.clone(), e))?);
+        trusted.push(
+            TrustedKey::from_str_or_file(k).map_err(|e| ServerError::TrustedKey(k.clone(), e))?,
+        );
     }
     if trusted.is_empty() {
         tracing::warn!("no trusted_policy_keys configured: no policy bundle can be accepted");
@@ -215,7 +220,9 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
         cfg,
     });
     let _ = audit
-        .record(AuditRecord::new(AuditKind::ApplianceStarted).reason(format!("listening on {addr}")))
+        .record(
+            AuditRecord::new(AuditKind::ApplianceStarted).reason(format!("listening on {addr}")),
+        )
         .await;
     tracing::info!(%addr, fingerprint = %tls.fingerprint, "appliance listening");
 
@@ -262,7 +269,12 @@ async fn apply_policy_outcome(
     match outcome {
         LoadOutcome::Loaded(verified) => {
             let p = verified.policy();
-            tracing::info!(version = p.version, signer = verified.signer_key_id(), connections = p.connections.len(), "policy loaded");
+            tracing::info!(
+                version = p.version,
+                signer = verified.signer_key_id(),
+                connections = p.connections.len(),
+                "policy loaded"
+            );
             if let Err(e) = state.record(p.version, verified.bundle_sha256()) {
                 tracing::error!(error = %e, "could not persist the policy version floor");
             }
@@ -353,7 +365,11 @@ async fn poll_revocations(
         for user in set.users() {
             let n = sessions.close_user(user, "identity revoked");
             if n > 0 {
-                tracing::info!(user, sessions = n, "closed the live sessions of a revoked identity");
+                tracing::info!(
+                    user,
+                    sessions = n,
+                    "closed the live sessions of a revoked identity"
+                );
             }
         }
     }
@@ -371,7 +387,8 @@ impl PolicyState {
         let shown = db.display().to_string();
         let err = |e: rusqlite::Error| ServerError::State(shown.clone(), e.to_string());
         let conn = rusqlite::Connection::open(db).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS policy_state (
                 id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -390,7 +407,9 @@ impl PolicyState {
     pub fn floor(&self) -> Result<Option<u64>, ServerError> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let v: Option<i64> = conn
-            .query_row("SELECT version FROM policy_state WHERE id = 1", [], |r| r.get(0))
+            .query_row("SELECT version FROM policy_state WHERE id = 1", [], |r| {
+                r.get(0)
+            })
             .map(Some)
             .or_else(|e| match e {
                 rusqlite::Error::QueryReturnedNoRows => Ok(None),

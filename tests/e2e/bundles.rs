@@ -55,7 +55,12 @@ async fn nth_refusal(app: &ApplianceFixture, n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bundles_are_refused_and_the_policy_in_force_stays() {
     let upstream = echo_upstream().await;
-    let v = |version: u64, target: &str| policy_with(version, &tcp_connection(target, &upstream, &[1], &["ops"], &[]));
+    let v = |version: u64, target: &str| {
+        policy_with(
+            version,
+            &tcp_connection(target, &upstream, &[1], &["ops"], &[]),
+        )
+    };
     let app = ApplianceFixture::start(&v(5, "one")).await;
     assert_eq!(app.policy_version(), Some(5));
     still_serves(&app, "ops", "one").await;
@@ -76,7 +81,10 @@ async fn bad_bundles_are_refused_and_the_policy_in_force_stays() {
     app.install_policy_bytes(v(6, "two").as_bytes(), &other_key);
     refusals += 1;
     let reason = nth_refusal(&app, refusals).await;
-    assert!(reason.contains("not") && reason.contains("trusted"), "{reason}");
+    assert!(
+        reason.contains("not") && reason.contains("trusted"),
+        "{reason}"
+    );
 
     // 3. The same version again, and 4. a lower one (no rollback).
     app.install_policy(&v(5, "two"));
@@ -98,7 +106,10 @@ async fn bad_bundles_are_refused_and_the_policy_in_force_stays() {
     app.install_policy(&v(6, "two").replace("kind = \"tcp\"", "kind = \"tcp\"\ncolour = \"blue\""));
     refusals += 1;
     let reason = nth_refusal(&app, refusals).await;
-    assert!(reason.contains("colour") && reason.contains("line"), "{reason}");
+    assert!(
+        reason.contains("colour") && reason.contains("line"),
+        "{reason}"
+    );
 
     // Through all of it, version 5 stayed in force and served.
     assert_eq!(app.policy_version(), Some(5));
@@ -116,15 +127,33 @@ async fn bad_bundles_are_refused_and_the_policy_in_force_stays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_cannot_roll_the_policy_back() {
     let upstream = echo_upstream().await;
-    let app = ApplianceFixture::start(&policy_with(3, &tcp_connection("a", &upstream, &[1], &["u"], &[]))).await;
-    app.install_policy(&policy_with(4, &tcp_connection("b", &upstream, &[1], &["u"], &[])));
+    let app = ApplianceFixture::start(&policy_with(
+        3,
+        &tcp_connection("a", &upstream, &[1], &["u"], &[]),
+    ))
+    .await;
+    app.install_policy(&policy_with(
+        4,
+        &tcp_connection("b", &upstream, &[1], &["u"], &[]),
+    ));
     assert!(app.wait_policy_version(4).await);
     let cfg = app.cfg.clone();
     // Put version 3 back on disk, then restart on the same data dir.
-    app.install_policy(&policy_with(3, &tcp_connection("a", &upstream, &[1], &["u"], &[])));
+    app.install_policy(&policy_with(
+        3,
+        &tcp_connection("a", &upstream, &[1], &["u"], &[]),
+    ));
     let _keep = app.stop_keep_dir().await;
     let restarted = appliance::server::start(cfg.clone()).await.unwrap();
-    assert_eq!(restarted.shared.policy.borrow().as_ref().map(|p| p.policy().version), None);
+    assert_eq!(
+        restarted
+            .shared
+            .policy
+            .borrow()
+            .as_ref()
+            .map(|p| p.policy().version),
+        None
+    );
     restarted.shared.audit.flush().await.unwrap();
     let refused = appliance::audit::query(
         &cfg.db_path(),
@@ -135,9 +164,12 @@ async fn a_restart_cannot_roll_the_policy_back() {
     )
     .unwrap();
     assert!(
-        refused
-            .iter()
-            .any(|r| r.record.reason.as_deref().unwrap_or("").contains("no rollback")),
+        refused.iter().any(|r| r
+            .record
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("no rollback")),
         "{refused:#?}"
     );
     restarted.shutdown().await;
@@ -148,10 +180,23 @@ fn minisign_verifies_what_appliance_signs_and_the_reverse() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     let policy = p.join("policy.toml");
-    std::fs::write(&policy, std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../policy.example.toml")).unwrap()).unwrap();
+    std::fs::write(
+        &policy,
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../policy.example.toml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
 
     // appliance keygen + sign -> minisign -Vm
-    run(Command::new(bin("appliance")).args(["policy", "keygen", "--out"]).arg(p.join("ours")), true);
+    run(
+        Command::new(bin("appliance"))
+            .args(["policy", "keygen", "--out"])
+            .arg(p.join("ours")),
+        true,
+    );
     run(
         Command::new(bin("appliance"))
             .args(["policy", "sign", "--key"])
@@ -160,10 +205,16 @@ fn minisign_verifies_what_appliance_signs_and_the_reverse() {
         true,
     );
     let out = run(
-        Command::new("minisign").arg("-Vm").arg(&policy).arg("-p").arg(p.join("ours/policy.pub")),
+        Command::new("minisign")
+            .arg("-Vm")
+            .arg(&policy)
+            .arg("-p")
+            .arg(p.join("ours/policy.pub")),
         true,
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Signature and comment signature verified"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Signature and comment signature verified")
+    );
     run(
         Command::new(bin("appliance"))
             .args(["policy", "verify", "--pubkey"])
@@ -182,7 +233,12 @@ fn minisign_verifies_what_appliance_signs_and_the_reverse() {
         true,
     );
     run(
-        Command::new("minisign").arg("-S").arg("-s").arg(p.join("theirs.key")).arg("-m").arg(&policy),
+        Command::new("minisign")
+            .arg("-S")
+            .arg("-s")
+            .arg(p.join("theirs.key"))
+            .arg("-m")
+            .arg(&policy),
         true,
     );
     run(
@@ -206,9 +262,17 @@ fn minisign_verifies_what_appliance_signs_and_the_reverse() {
         false,
     );
     assert!(!ours.status.success());
-    assert!(String::from_utf8_lossy(&ours.stderr).contains("does not match"), "{}", String::from_utf8_lossy(&ours.stderr));
+    assert!(
+        String::from_utf8_lossy(&ours.stderr).contains("does not match"),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
     let theirs = run(
-        Command::new("minisign").arg("-Vm").arg(&policy).arg("-p").arg(p.join("theirs.pub")),
+        Command::new("minisign")
+            .arg("-Vm")
+            .arg(&policy)
+            .arg("-p")
+            .arg(p.join("theirs.pub")),
         false,
     );
     assert!(!theirs.status.success());
@@ -219,14 +283,27 @@ fn policy_check_names_the_problem() {
     let out = run(
         Command::new(bin("appliance"))
             .args(["policy", "check"])
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../policy.example.toml")),
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../policy.example.toml"
+            )),
         true,
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid policy version"));
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("p.toml");
-    std::fs::write(&f, policy_with(1, &tcp_connection("x", "127.0.0.1:1", &[1], &["u"], &[])).replace("ports = [1]", "ports = [1]\nport = 2")).unwrap();
-    let out = run(Command::new(bin("appliance")).args(["policy", "check"]).arg(&f), false);
+    std::fs::write(
+        &f,
+        policy_with(1, &tcp_connection("x", "127.0.0.1:1", &[1], &["u"], &[]))
+            .replace("ports = [1]", "ports = [1]\nport = 2"),
+    )
+    .unwrap();
+    let out = run(
+        Command::new(bin("appliance"))
+            .args(["policy", "check"])
+            .arg(&f),
+        false,
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("port") && err.contains("line"), "{err}");

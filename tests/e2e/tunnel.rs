@@ -56,11 +56,21 @@ async fn psql_and_ssh_through_the_hoop_names() {
     let pg_at = tl.wait_listening(&pg_name, 5432).await;
     let out = run(
         Command::new("dig")
-            .args(["+short", "+tries=1", "+time=2", "-p", &tl.dns.port().to_string(), "@127.0.0.1"])
+            .args([
+                "+short",
+                "+tries=1",
+                "+time=2",
+                "-p",
+                &tl.dns.port().to_string(),
+                "@127.0.0.1",
+            ])
             .arg(format!("{pg_name}.hoop")),
         true,
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pg_at.ip().to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        pg_at.ip().to_string()
+    );
 
     // Real psql, with the PostgreSQL password (kind = "tcp" relays bytes as they are).
     let out = run(
@@ -74,7 +84,10 @@ async fn psql_and_ssh_through_the_hoop_names() {
             .args(["-c", "select 40 + 2", "-c", "select current_user"]),
         true,
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("42\n{SUPERUSER}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("42\n{SUPERUSER}")
+    );
 
     // Real ssh to the real sshd through the tunnel.
     let ssh_at = tl.wait_listening(&ssh_name, 22).await;
@@ -87,15 +100,25 @@ async fn psql_and_ssh_through_the_hoop_names() {
             .arg("echo hello-through-the-tunnel; exit 3"),
         false,
     );
-    assert_eq!(out.status.code(), Some(3), "ssh: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello-through-the-tunnel");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "ssh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello-through-the-tunnel"
+    );
 
     // Both sessions are in the audit trail under the person's name, with bytes.
     assert!(
         e2e::eventually(Duration::from_secs(5), || app.live_sessions() == 0).await,
         "sessions did not end"
     );
-    let ends = app.audit(Some(appliance::audit::AuditKind::SessionEnd)).await;
+    let ends = app
+        .audit(Some(appliance::audit::AuditKind::SessionEnd))
+        .await;
     for name in [&pg_name, &ssh_name] {
         // The busiest session of that connection (the fixture's readiness
         // probes open empty ones).
@@ -119,7 +142,13 @@ async fn refusals_carry_the_exact_reason() {
     let policy = policy_with(
         7,
         &(tcp_connection("db", &upstream.to_string(), &[5432], &[], &["dba"])
-            + &tcp_connection("gone", &format!("127.0.0.1:{closed_port}"), &[9], &[], &["dba"])),
+            + &tcp_connection(
+                "gone",
+                &format!("127.0.0.1:{closed_port}"),
+                &[9],
+                &[],
+                &["dba"],
+            )),
     );
     let app = ApplianceFixture::start(&policy).await;
     let client = client_for(&app);
@@ -135,7 +164,10 @@ async fn refusals_carry_the_exact_reason() {
     };
 
     let good = app.token("dana", &["dba"], HOUR);
-    let mut t = client.open_tunnel(&good, "db", 5432).await.expect("allowed");
+    let mut t = client
+        .open_tunnel(&good, "db", 5432)
+        .await
+        .expect("allowed");
     t.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
     t.read_exact(&mut buf).await.unwrap();
@@ -156,7 +188,10 @@ async fn refusals_carry_the_exact_reason() {
 
     let (s, reason) = refusal(client.open_tunnel(&good, "gone", 9).await);
     assert_eq!(s, Status::UpstreamUnreachable);
-    assert!(reason.contains("upstream of \"gone\" is unreachable"), "{reason}");
+    assert!(
+        reason.contains("upstream of \"gone\" is unreachable"),
+        "{reason}"
+    );
 
     let expired = app.sign_claims(&serde_json::json!({
         "iss": "appliance", "sub": "dana", "groups": ["dba"],
@@ -164,32 +199,49 @@ async fn refusals_carry_the_exact_reason() {
     }));
     let (s, reason) = refusal(client.open_tunnel(&expired, "db", 5432).await);
     assert_eq!(s, Status::TokenExpired);
-    assert!(reason.contains("expired at") && reason.contains("tunnel-lite login"), "{reason}");
+    assert!(
+        reason.contains("expired at") && reason.contains("tunnel-lite login"),
+        "{reason}"
+    );
 
     let stranger = appliance::identity::SessionSigner::ephemeral().unwrap();
     let foreign = stranger
-        .issue(&appliance::identity::Identity { user: "dana".into(), groups: vec!["dba".into()] }, HOUR)
+        .issue(
+            &appliance::identity::Identity {
+                user: "dana".into(),
+                groups: vec!["dba".into()],
+            },
+            HOUR,
+        )
         .unwrap();
     let (s, reason) = refusal(client.open_tunnel(&foreign, "db", 5432).await);
     assert_eq!(s, Status::TokenInvalid);
     assert!(reason.contains("unknown key"), "{reason}");
 
     use base64::Engine;
-    let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
     let none = format!(
         "{}.{}.",
         b64(serde_json::json!({"alg": "none", "typ": "JWT"})),
-        b64(serde_json::json!({"iss": "appliance", "sub": "dana", "groups": ["dba"], "iat": now, "exp": now + 600, "jti": "n"}))
+        b64(
+            serde_json::json!({"iss": "appliance", "sub": "dana", "groups": ["dba"], "iat": now, "exp": now + 600, "jti": "n"})
+        )
     );
     let (s, reason) = refusal(client.open_tunnel(&none, "db", 5432).await);
     assert_eq!(s, Status::TokenInvalid);
     assert!(reason.contains("none"), "{reason}");
 
     // Every refusal is audited with its reason.
-    let refused = app.audit(Some(appliance::audit::AuditKind::TunnelRefused)).await;
+    let refused = app
+        .audit(Some(appliance::audit::AuditKind::TunnelRefused))
+        .await;
     assert_eq!(refused.len(), 7, "{refused:#?}");
-    assert!(refused.iter().any(|r| r.record.user.as_deref() == Some("mallory")
-        && r.record.outcome.as_deref() == Some("not allowed")));
+    assert!(refused
+        .iter()
+        .any(|r| r.record.user.as_deref() == Some("mallory")
+            && r.record.outcome.as_deref() == Some("not allowed")));
     drop(t);
     app.stop().await;
 }
@@ -200,7 +252,13 @@ async fn revocation_closes_live_sessions_within_a_second() {
     let name = unique_name("echo");
     let app = ApplianceFixture::start(&policy_with(
         1,
-        &tcp_connection(&name, &upstream.to_string(), &[7000], &["erin", "frank"], &[]),
+        &tcp_connection(
+            &name,
+            &upstream.to_string(),
+            &[7000],
+            &["erin", "frank"],
+            &[],
+        ),
     ))
     .await;
     let tl = TunnelLite::start(&app, &app.token("erin", &[], HOUR)).await;
@@ -214,11 +272,18 @@ async fn revocation_closes_live_sessions_within_a_second() {
     }
     // Another user's session must survive.
     let client = client_for(&app);
-    let mut frank = client.open_tunnel(&app.token("frank", &[], HOUR), &name, 7000).await.unwrap();
+    let mut frank = client
+        .open_tunnel(&app.token("frank", &[], HOUR), &name, 7000)
+        .await
+        .unwrap();
 
     let started = Instant::now();
     let out = app.cli(&["revoke", "--user", "erin", "--reason", "left the company"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for s in [&mut a, &mut b] {
         let mut buf = [0u8; 16];
         let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
@@ -229,7 +294,10 @@ async fn revocation_closes_live_sessions_within_a_second() {
     }
     let elapsed = started.elapsed();
     // The CLI process itself takes part of this; the bound is the requirement's.
-    assert!(elapsed < Duration::from_millis(1500), "sessions closed after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "sessions closed after {elapsed:?}"
+    );
 
     frank.write_all(b"still").await.unwrap();
     let mut buf = [0u8; 5];
@@ -240,19 +308,45 @@ async fn revocation_closes_live_sessions_within_a_second() {
     let mut c = tokio::net::TcpStream::connect(at).await.unwrap();
     let mut buf = [0u8; 1];
     assert_eq!(c.read(&mut buf).await.unwrap_or(0), 0);
-    assert!(e2e::eventually(Duration::from_secs(3), || tl.log().contains("access for erin has been revoked")).await, "{}", tl.log());
+    assert!(
+        e2e::eventually(Duration::from_secs(3), || tl
+            .log()
+            .contains("access for erin has been revoked"))
+        .await,
+        "{}",
+        tl.log()
+    );
 
     let list = app.cli(&["revoke", "--list"]);
     assert!(String::from_utf8_lossy(&list.stdout).contains("erin"));
-    let ends = app.audit(Some(appliance::audit::AuditKind::SessionEnd)).await;
-    assert_eq!(ends.iter().filter(|r| r.record.reason.as_deref() == Some("identity revoked")).count(), 2);
-    assert_eq!(app.audit(Some(appliance::audit::AuditKind::IdentityRevoked)).await.len(), 1);
+    let ends = app
+        .audit(Some(appliance::audit::AuditKind::SessionEnd))
+        .await;
+    assert_eq!(
+        ends.iter()
+            .filter(|r| r.record.reason.as_deref() == Some("identity revoked"))
+            .count(),
+        2
+    );
+    assert_eq!(
+        app.audit(Some(appliance::audit::AuditKind::IdentityRevoked))
+            .await
+            .len(),
+        1
+    );
 
     // Undo restores access.
-    assert!(app.cli(&["revoke", "--user", "erin", "--undo"]).status.success());
+    assert!(app
+        .cli(&["revoke", "--user", "erin", "--undo"])
+        .status
+        .success());
     let mut ok = false;
     for _ in 0..40 {
-        if client.open_tunnel(&app.token("erin", &[], HOUR), &name, 7000).await.is_ok() {
+        if client
+            .open_tunnel(&app.token("erin", &[], HOUR), &name, 7000)
+            .await
+            .is_ok()
+        {
             ok = true;
             break;
         }
@@ -264,12 +358,17 @@ async fn revocation_closes_live_sessions_within_a_second() {
 }
 
 /// A raw TLS stream to the tunnel ALPN, for sending broken headers.
-async fn raw_tunnel(app: &ApplianceFixture) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+async fn raw_tunnel(
+    app: &ApplianceFixture,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let trust = Trust::Pinned(parse_fingerprint(&app.fingerprint).unwrap());
     let config = tunnel_lite::tls::client_config(&trust, tunnel_lite::wire::ALPN).unwrap();
     let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     tokio_rustls::TlsConnector::from(config)
-        .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
         .await
         .unwrap()
 }
@@ -277,18 +376,27 @@ async fn raw_tunnel(app: &ApplianceFixture) -> tokio_rustls::client::TlsStream<t
 async fn read_response(s: &mut (impl AsyncReadExt + Unpin)) -> (Status, String) {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
-    let (resp, _) = tunnel_lite::wire::decode_response(&buf).unwrap().expect("a whole response");
+    let (resp, _) = tunnel_lite::wire::decode_response(&buf)
+        .unwrap()
+        .expect("a whole response");
     (resp.status, resp.reason.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_headers_are_refused_and_others_keep_working() {
     let upstream = echo_upstream().await;
-    let app = ApplianceFixture::start(&policy_with(1, &tcp_connection("echo", &upstream.to_string(), &[1], &["gina"], &[]))).await;
+    let app = ApplianceFixture::start(&policy_with(
+        1,
+        &tcp_connection("echo", &upstream.to_string(), &[1], &["gina"], &[]),
+    ))
+    .await;
     let token = app.token("gina", &[], HOUR);
 
     let mut garbage = raw_tunnel(&app).await;
-    garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let (s, reason) = read_response(&mut garbage).await;
     assert_eq!(s, Status::MalformedRequest);
     assert!(reason.contains("bad magic"), "{reason}");

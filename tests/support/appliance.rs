@@ -42,8 +42,19 @@ session_ttl = "1h"
 }
 
 /// One `kind = "tcp"` connection table.
-pub fn tcp_connection(name: &str, upstream: &str, ports: &[u16], users: &[&str], groups: &[&str]) -> String {
-    let list = |v: &[&str]| v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+pub fn tcp_connection(
+    name: &str,
+    upstream: &str,
+    ports: &[u16],
+    users: &[&str],
+    groups: &[&str],
+) -> String {
+    let list = |v: &[&str]| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
     format!(
         "[[connection]]\nname = {name:?}\nkind = \"tcp\"\nupstream = {upstream:?}\nports = [{}]\nallow_users = [{}]\nallow_groups = [{}]\n\n",
@@ -61,7 +72,10 @@ impl ApplianceFixture {
 
     /// `extra_config` is appended to the runtime config file.
     pub async fn start_with(policy: Option<&str>, extra_config: &str) -> ApplianceFixture {
-        let dir = tempfile::Builder::new().prefix("e2e-appliance-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("e2e-appliance-")
+            .tempdir()
+            .expect("tempdir");
         let keys = dir.path().join("keys");
         let (key, pubkey) = appliance::policy::keygen(&keys).expect("policy keygen");
         let config_path = dir.path().join("appliance.toml");
@@ -89,7 +103,9 @@ impl ApplianceFixture {
         if let Some(p) = policy {
             fixture.install_policy(p);
         }
-        let running = appliance::server::start(cfg).await.expect("appliance starts");
+        let running = appliance::server::start(cfg)
+            .await
+            .expect("appliance starts");
         fixture.addr = running.addr;
         fixture.fingerprint = running.fingerprint.clone();
         fixture.running = Some(running);
@@ -123,12 +139,20 @@ impl ApplianceFixture {
     }
 
     pub fn policy_version(&self) -> Option<u64> {
-        self.running().shared.policy.borrow().as_ref().map(|p| p.policy().version)
+        self.running()
+            .shared
+            .policy
+            .borrow()
+            .as_ref()
+            .map(|p| p.policy().version)
     }
 
     /// Waits until `version` is in force.
     pub async fn wait_policy_version(&self, version: u64) -> bool {
-        crate::eventually(Duration::from_secs(5), || self.policy_version() == Some(version)).await
+        crate::eventually(Duration::from_secs(5), || {
+            self.policy_version() == Some(version)
+        })
+        .await
     }
 
     /// A session token minted by this appliance's key.
@@ -137,12 +161,21 @@ impl ApplianceFixture {
             user: user.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
         };
-        self.running().shared.signer.issue(&who, ttl).expect("issue token")
+        self.running()
+            .shared
+            .signer
+            .issue(&who, ttl)
+            .expect("issue token")
     }
 
     /// Audit records (after flushing the queue), optionally of one kind.
     pub async fn audit(&self, kind: Option<AuditKind>) -> Vec<StoredRecord> {
-        self.running().shared.audit.flush().await.expect("audit flush");
+        self.running()
+            .shared
+            .audit
+            .flush()
+            .await
+            .expect("audit flush");
         audit::query(
             &self.cfg.db_path(),
             &AuditFilter {

@@ -42,7 +42,9 @@ pub fn bin(name: &str) -> PathBuf {
 /// whole output if `expect_ok` and it failed.
 pub fn run(cmd: &mut std::process::Command, expect_ok: bool) -> std::process::Output {
     let shown = format!("{cmd:?}");
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
     if expect_ok && !out.status.success() {
         panic!(
             "{shown} failed ({}):\nstdout:\n{}\nstderr:\n{}",

@@ -25,7 +25,9 @@ fn pg_bin_dir() -> PathBuf {
         .filter(|p| p.join("initdb").exists())
         .collect();
     versions.sort();
-    versions.pop().expect("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
+    versions
+        .pop()
+        .expect("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
 }
 
 /// `cmd` as the postgres user when we are root.
@@ -41,7 +43,12 @@ fn pg_command(program: &Path) -> Command {
 
 fn chown_postgres(path: &Path) {
     if is_root() {
-        run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(path), true);
+        run(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(path),
+            true,
+        );
     }
 }
 
@@ -50,7 +57,10 @@ fn template() -> &'static Path {
     static TEMPLATE: OnceLock<tempfile::TempDir> = OnceLock::new();
     TEMPLATE
         .get_or_init(|| {
-            let dir = tempfile::Builder::new().prefix("e2e-pg-template-").tempdir().expect("tempdir");
+            let dir = tempfile::Builder::new()
+                .prefix("e2e-pg-template-")
+                .tempdir()
+                .expect("tempdir");
             let bin = pg_bin_dir();
             let pwfile = dir.path().join("pw");
             std::fs::write(&pwfile, PASSWORD).expect("write pwfile");
@@ -60,7 +70,15 @@ fn template() -> &'static Path {
                 pg_command(&bin.join("initdb"))
                     .arg("-D")
                     .arg(&data)
-                    .args(["-U", SUPERUSER, "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "-N"])
+                    .args([
+                        "-U",
+                        SUPERUSER,
+                        "--auth=scram-sha-256",
+                        "-E",
+                        "UTF8",
+                        "--locale=C.UTF-8",
+                        "-N",
+                    ])
                     .arg(format!("--pwfile={}", pwfile.display())),
                 true,
             );
@@ -72,11 +90,20 @@ fn template() -> &'static Path {
 impl Postgres {
     pub fn start() -> Postgres {
         let bin = pg_bin_dir();
-        let dir = tempfile::Builder::new().prefix("e2e-pg-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("e2e-pg-")
+            .tempdir()
+            .expect("tempdir");
         // World-traversable so the postgres user can reach its data dir.
         set_mode(dir.path(), 0o755);
         let data = dir.path().join("data");
-        run(Command::new("cp").arg("-a").arg(template().join("data")).arg(&data), true);
+        run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(template().join("data"))
+                .arg(&data),
+            true,
+        );
         chown_postgres(dir.path());
         let port = free_port();
         let log = dir.path().join("log");
@@ -107,7 +134,16 @@ impl Postgres {
         let out = run(
             Command::new("psql")
                 .env("PGPASSWORD", PASSWORD)
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", SUPERUSER, "-d", "postgres"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    SUPERUSER,
+                    "-d",
+                    "postgres",
+                ])
                 .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]),
             true,
         );

@@ -71,7 +71,10 @@ impl Sshd {
             "-o".into(),
             "StrictHostKeyChecking=no".into(),
             "-o".into(),
-            format!("UserKnownHostsFile={}", self.dir.path().join("known_hosts").display()),
+            format!(
+                "UserKnownHostsFile={}",
+                self.dir.path().join("known_hosts").display()
+            ),
             "-o".into(),
             "BatchMode=yes".into(),
             "-o".into(),

@@ -20,14 +20,23 @@ pub struct TunnelLite {
 
 /// Runs `tunnel-lite login` with a session token; returns the config dir.
 pub fn login_with_token(app: &ApplianceFixture, token: &str) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix("e2e-tl-").tempdir().expect("tempdir");
+    let dir = tempfile::Builder::new()
+        .prefix("e2e-tl-")
+        .tempdir()
+        .expect("tempdir");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, token).expect("token file");
     crate::run(
         std::process::Command::new(crate::bin("tunnel-lite"))
             .arg("--config-dir")
             .arg(dir.path())
-            .args(["login", "--appliance", &app.addr.to_string(), "--fingerprint", &app.fingerprint])
+            .args([
+                "login",
+                "--appliance",
+                &app.addr.to_string(),
+                "--fingerprint",
+                &app.fingerprint,
+            ])
             .arg("--session-token-file")
             .arg(&token_file),
         true,
@@ -63,7 +72,10 @@ impl TunnelLite {
             child,
             log,
         };
-        if crate::wait_for_port(dns, Duration::from_secs(10)).await.is_err() {
+        if crate::wait_for_port(dns, Duration::from_secs(10))
+            .await
+            .is_err()
+        {
             panic!("tunnel-lite up did not start:\n{}", t.log());
         }
         t
@@ -90,7 +102,10 @@ impl TunnelLite {
             last = Some(at);
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("tunnel-lite never listened on {last:?} for {name}:\n{}", self.log());
+        panic!(
+            "tunnel-lite never listened on {last:?} for {name}:\n{}",
+            self.log()
+        );
     }
 
     pub async fn stop(mut self) {

@@ -36,7 +36,11 @@ pub enum ClientError {
     #[error("appliance API: {0}")]
     Http(#[from] http::HttpError),
     #[error("appliance API answered {status}: {reason}")]
-    Api { status: u16, code: String, reason: String },
+    Api {
+        status: u16,
+        code: String,
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -53,7 +57,10 @@ impl ClientError {
         match self {
             ClientError::Refused { status, .. } => status.needs_login(),
             ClientError::Api { code, .. } => {
-                matches!(code.as_str(), "token_expired" | "token_invalid" | "token_missing")
+                matches!(
+                    code.as_str(),
+                    "token_expired" | "token_invalid" | "token_missing"
+                )
             }
             _ => false,
         }
@@ -99,13 +106,19 @@ impl ApplianceClient {
         target: &str,
         port: u16,
     ) -> Result<TlsStream<TcpStream>, ClientError> {
-        match tokio::time::timeout(TUNNEL_SETUP_TIMEOUT, self.open_inner(token, target, port)).await {
+        match tokio::time::timeout(TUNNEL_SETUP_TIMEOUT, self.open_inner(token, target, port)).await
+        {
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout(self.addr.clone())),
         }
     }
 
-    async fn open_inner(&self, token: &str, target: &str, port: u16) -> Result<TlsStream<TcpStream>, ClientError> {
+    async fn open_inner(
+        &self,
+        token: &str,
+        target: &str,
+        port: u16,
+    ) -> Result<TlsStream<TcpStream>, ClientError> {
         let tcp = TcpStream::connect(&self.addr)
             .await
             .map_err(|e| ClientError::Connect(self.addr.clone(), e))?;
@@ -116,12 +129,21 @@ impl ApplianceClient {
             .await
             .map_err(|e| ClientError::Tls(self.addr.clone(), e))?;
         let mut header = [0u8; MAX_REQUEST];
-        let n = wire::encode_request(&Request { token, target, port }, &mut header)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let n = wire::encode_request(
+            &Request {
+                token,
+                target,
+                port,
+            },
+            &mut header,
+        )
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
         tls.write_all(&header[..n])
             .await
             .map_err(|e| ClientError::Tls(self.addr.clone(), e))?;
-        tls.flush().await.map_err(|e| ClientError::Tls(self.addr.clone(), e))?;
+        tls.flush()
+            .await
+            .map_err(|e| ClientError::Tls(self.addr.clone(), e))?;
 
         // Read exactly the response header: bytes after it belong to the client.
         let mut buf = [0u8; MAX_RESPONSE];
@@ -176,11 +198,22 @@ impl ApplianceClient {
         if body.is_some() {
             headers.push(("content-type", "application/json"));
         }
-        let resp = http::request(method, &url, &headers, body, Some(self.api_tls.clone()), API_TIMEOUT).await?;
+        let resp = http::request(
+            method,
+            &url,
+            &headers,
+            body,
+            Some(self.api_tls.clone()),
+            API_TIMEOUT,
+        )
+        .await?;
         if resp.status >= 400 {
             let (code, reason) = match resp.json::<ApiError>() {
                 Ok(e) => (e.error, e.reason),
-                Err(_) => ("http_error".to_string(), String::from_utf8_lossy(&resp.body).into_owned()),
+                Err(_) => (
+                    "http_error".to_string(),
+                    String::from_utf8_lossy(&resp.body).into_owned(),
+                ),
             };
             return Err(ClientError::Api {
                 status: resp.status,
@@ -215,6 +248,10 @@ impl ApplianceClient {
     }
 
     pub async fn connections(&self, token: &str) -> Result<ConnectionsResponse, ClientError> {
-        Self::parse(&self.api("GET", "/v1/connections", Some(token), None).await?)
+        Self::parse(
+            &self
+                .api("GET", "/v1/connections", Some(token), None)
+                .await?,
+        )
     }
 }

@@ -101,11 +101,16 @@ impl Ctx {
 /// then runs the listeners and the refresh loop in the background.
 pub async fn start(opts: UpOptions) -> Result<Running, UpError> {
     let state = State::load(&opts.config_dir)?;
-    let client = ApplianceClient::new(&state.appliance, &state.trust.to_trust().map_err(ClientError::from)?)?;
+    let client = ApplianceClient::new(
+        &state.appliance,
+        &state.trust.to_trust().map_err(ClientError::from)?,
+    )?;
     let list = match client.connections(&state.session_token).await {
         Ok(l) => l,
         Err(e) if e.needs_login() => {
-            return Err(UpError::Login(format!("{e}; run `tunnel-lite login` again")))
+            return Err(UpError::Login(format!(
+                "{e}; run `tunnel-lite login` again"
+            )))
         }
         Err(e) => return Err(e.into()),
     };
@@ -114,14 +119,33 @@ pub async fn start(opts: UpOptions) -> Result<Running, UpError> {
     let shutdown = CancelToken::new();
     let mut background = Vec::new();
     if let Some(listen) = opts.dns_listen {
-        let udp = UdpSocket::bind(listen).await.map_err(|e| UpError::DnsBind { addr: listen, source: e })?;
-        let bound = udp.local_addr().map_err(|e| UpError::DnsBind { addr: listen, source: e })?;
+        let udp = UdpSocket::bind(listen)
+            .await
+            .map_err(|e| UpError::DnsBind {
+                addr: listen,
+                source: e,
+            })?;
+        let bound = udp.local_addr().map_err(|e| UpError::DnsBind {
+            addr: listen,
+            source: e,
+        })?;
         // TCP on the same port as UDP (resolvers retry truncated answers over TCP).
-        let tcp = TcpListener::bind(bound).await.map_err(|e| UpError::DnsBind { addr: bound, source: e })?;
+        let tcp = TcpListener::bind(bound)
+            .await
+            .map_err(|e| UpError::DnsBind {
+                addr: bound,
+                source: e,
+            })?;
         dns_addr = Some(bound);
         tracing::info!(%bound, "DNS responder listening");
-        background.push(tokio::spawn(log_exit("DNS over UDP", crate::dns::serve_udp(udp, table_rx.clone()))));
-        background.push(tokio::spawn(log_exit("DNS over TCP", crate::dns::serve_tcp(tcp, table_rx))));
+        background.push(tokio::spawn(log_exit(
+            "DNS over UDP",
+            crate::dns::serve_udp(udp, table_rx.clone()),
+        )));
+        background.push(tokio::spawn(log_exit(
+            "DNS over TCP",
+            crate::dns::serve_tcp(tcp, table_rx),
+        )));
     }
     let ctx = Arc::new(Ctx {
         client,
@@ -260,12 +284,22 @@ impl Listeners {
                     tracing::info!(%at, "{name}.{}:{port} ready", list.dns_suffix);
                     self.failed.remove(&key);
                     let cancel = shutdown.child_token();
-                    tokio::spawn(accept_loop(listener, name.clone(), port, ctx.clone(), cancel.clone()));
+                    tokio::spawn(accept_loop(
+                        listener,
+                        name.clone(),
+                        port,
+                        ctx.clone(),
+                        cancel.clone(),
+                    ));
                     self.running.insert(key, cancel);
                 }
                 Err(e) => {
                     if self.failed.insert(key) {
-                        tracing::error!("cannot listen on {at} for {name}.{}: {e}{}", list.dns_suffix, low_port_hint(port, &e));
+                        tracing::error!(
+                            "cannot listen on {at} for {name}.{}: {e}{}",
+                            list.dns_suffix,
+                            low_port_hint(port, &e)
+                        );
                     }
                 }
             }
@@ -279,7 +313,13 @@ impl Listeners {
     }
 }
 
-async fn accept_loop(listener: TcpListener, name: String, port: u16, ctx: Arc<Ctx>, cancel: CancelToken) {
+async fn accept_loop(
+    listener: TcpListener,
+    name: String,
+    port: u16,
+    ctx: Arc<Ctx>,
+    cancel: CancelToken,
+) {
     loop {
         let (client, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -301,7 +341,14 @@ async fn accept_loop(listener: TcpListener, name: String, port: u16, ctx: Arc<Ct
     }
 }
 
-async fn forward(mut client: TcpStream, peer: SocketAddr, name: &str, port: u16, ctx: &Ctx, cancel: &CancelToken) {
+async fn forward(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    name: &str,
+    port: u16,
+    ctx: &Ctx,
+    cancel: &CancelToken,
+) {
     let _ = client.set_nodelay(true);
     let token = ctx.token();
     let mut tunnel = match ctx.client.open_tunnel(&token, name, port).await {

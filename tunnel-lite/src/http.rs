@@ -136,7 +136,10 @@ fn parse_url(url: &str) -> Result<Target, HttpError> {
         _ => return Err(bad("scheme must be http or https")),
     };
     let host = uri.host().ok_or_else(|| bad("no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let path_and_query = uri
         .path_and_query()
@@ -217,7 +220,8 @@ async fn exchange<I>(
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let proto = |e: &dyn std::fmt::Display| HttpError::Protocol(authority.to_string(), e.to_string());
+    let proto =
+        |e: &dyn std::fmt::Display| HttpError::Protocol(authority.to_string(), e.to_string());
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| proto(&e))?;
@@ -250,7 +254,10 @@ mod tests {
 
     #[test]
     fn form_round_trip() {
-        let enc = form_encode(&[("grant_type", "urn:ietf:params:oauth:grant-type:device_code"), ("a b", "c&d")]);
+        let enc = form_encode(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("a b", "c&d"),
+        ]);
         let s = String::from_utf8(enc).unwrap();
         assert_eq!(
             s,
@@ -259,22 +266,31 @@ mod tests {
         assert_eq!(
             form_decode(&s),
             vec![
-                ("grant_type".to_string(), "urn:ietf:params:oauth:grant-type:device_code".to_string()),
+                (
+                    "grant_type".to_string(),
+                    "urn:ietf:params:oauth:grant-type:device_code".to_string()
+                ),
                 ("a b".to_string(), "c&d".to_string())
             ]
         );
-        assert_eq!(form_decode("x=1+2&bad=%zz&t=%4"), vec![
-            ("x".into(), "1 2".into()),
-            ("bad".into(), "%zz".into()),
-            ("t".into(), "%4".into())
-        ]);
+        assert_eq!(
+            form_decode("x=1+2&bad=%zz&t=%4"),
+            vec![
+                ("x".into(), "1 2".into()),
+                ("bad".into(), "%zz".into()),
+                ("t".into(), "%4".into())
+            ]
+        );
     }
 
     #[test]
     fn url_parsing() {
         let t = parse_url("https://idp.example:8443/token?x=1").unwrap();
         assert!(t.https);
-        assert_eq!((t.host.as_str(), t.port, t.path_and_query.as_str()), ("idp.example", 8443, "/token?x=1"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path_and_query.as_str()),
+            ("idp.example", 8443, "/token?x=1")
+        );
         let t = parse_url("http://127.0.0.1").unwrap();
         assert_eq!((t.port, t.path_and_query.as_str()), (80, "/"));
         assert!(parse_url("ftp://x").is_err());

@@ -4,14 +4,14 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod api;
+pub mod client;
+pub mod daemon;
 pub mod dns;
 pub mod dns_setup;
 pub mod http;
 pub mod login;
+pub mod relay;
+pub mod state;
 pub mod tls;
 pub mod wire;
-pub mod api;
-pub mod relay;
-pub mod client;
-pub mod daemon;
-pub mod state;

@@ -13,7 +13,11 @@ use tunnel_lite::state::{self, now_unix, State, TrustSpec};
 use tunnel_lite::{addr, dns_setup, login, tls};
 
 #[derive(Parser)]
-#[command(name = "tunnel-lite", version, about = "Reach production through the access appliance: DNS for *.hoop names, local listeners, one TLS stream per connection")]
+#[command(
+    name = "tunnel-lite",
+    version,
+    about = "Reach production through the access appliance: DNS for *.hoop names, local listeners, one TLS stream per connection"
+)]
 struct Cli {
     /// Where the session token and settings live (default: $XDG_CONFIG_HOME/tunnel-lite or ~/.config/tunnel-lite).
     #[arg(long, global = true, env = "TUNNEL_LITE_CONFIG_DIR")]
@@ -149,19 +153,30 @@ async fn run(cli: Cli) -> Result<()> {
             println!(
                 "logged in as {} (groups: {}) until {}; {} connection(s) available",
                 st.user,
-                if st.groups.is_empty() { "-".into() } else { st.groups.join(", ") },
+                if st.groups.is_empty() {
+                    "-".into()
+                } else {
+                    st.groups.join(", ")
+                },
                 format_unix(st.expires_at),
                 st.connections.len()
             );
             println!("state saved in {}", dir.join(state::STATE_FILE).display());
             Ok(())
         }
-        Command::Up { dns_listen, refresh } => {
+        Command::Up {
+            dns_listen,
+            refresh,
+        } => {
             let dns_listen = match dns_listen.as_str() {
                 "off" | "none" => None,
-                s => Some(s.parse::<SocketAddr>().with_context(|| format!("--dns-listen {s:?}"))?),
+                s => Some(
+                    s.parse::<SocketAddr>()
+                        .with_context(|| format!("--dns-listen {s:?}"))?,
+                ),
             };
-            let refresh_every = humantime::parse_duration(&refresh).with_context(|| format!("--refresh {refresh:?}"))?;
+            let refresh_every = humantime::parse_duration(&refresh)
+                .with_context(|| format!("--refresh {refresh:?}"))?;
             let running = daemon::start(UpOptions {
                 config_dir: dir,
                 dns_listen,
@@ -187,12 +202,21 @@ async fn run(cli: Cli) -> Result<()> {
             let names: Vec<String> = connections.iter().map(|c| c.name.clone()).collect();
             let addrs: Vec<Ipv4Addr> = addr::assign(&names).into_values().collect();
             let low_ports = dns_listen.port() < 1024
-                || connections.iter().any(|c| c.ports.iter().any(|p| *p < 1024));
+                || connections
+                    .iter()
+                    .any(|c| c.ports.iter().any(|p| *p < 1024));
             let binary = match binary {
                 Some(b) => b,
                 None => std::env::current_exe().context("locating this binary")?,
             };
-            let plan = dns_setup::plan(dns_setup::detect_os(), &suffix, dns_listen, &addrs, &binary, low_ports);
+            let plan = dns_setup::plan(
+                dns_setup::detect_os(),
+                &suffix,
+                dns_listen,
+                &addrs,
+                &binary,
+                low_ports,
+            );
             print!("{}", dns_setup::render(&plan));
             if apply {
                 for line in dns_setup::apply(&plan, &root)? {
@@ -246,12 +270,26 @@ async fn status(dir: &std::path::Path) -> Result<()> {
         TrustSpec::Fingerprint(fp) => println!("trust:       pinned certificate SHA-256 {fp}"),
         TrustSpec::CaFile(p) => println!("trust:       CA file {}", p.display()),
     }
-    println!("user:        {} (groups: {})", st.user, if st.groups.is_empty() { "-".into() } else { st.groups.join(", ") });
+    println!(
+        "user:        {} (groups: {})",
+        st.user,
+        if st.groups.is_empty() {
+            "-".into()
+        } else {
+            st.groups.join(", ")
+        }
+    );
     if st.is_expired(now) {
-        println!("token:       EXPIRED at {}; run `tunnel-lite login`", format_unix(st.expires_at));
+        println!(
+            "token:       EXPIRED at {}; run `tunnel-lite login`",
+            format_unix(st.expires_at)
+        );
     } else {
         let left = humantime::format_duration(Duration::from_secs(st.expires_at - now));
-        println!("token:       valid until {} ({left} left)", format_unix(st.expires_at));
+        println!(
+            "token:       valid until {} ({left} left)",
+            format_unix(st.expires_at)
+        );
     }
     let client = ApplianceClient::new(&st.appliance, &st.trust.to_trust()?)?;
     let started = Instant::now();
@@ -266,15 +304,16 @@ async fn status(dir: &std::path::Path) -> Result<()> {
         }
         Err(e) => {
             println!("reachable:   NO: {e}");
-            (false, st.connections.clone(), st.dns_suffix.clone().unwrap_or_else(|| "hoop".into()))
+            (
+                false,
+                st.connections.clone(),
+                st.dns_suffix.clone().unwrap_or_else(|| "hoop".into()),
+            )
         }
     };
     let names: Vec<String> = connections.iter().map(|c| c.name.clone()).collect();
     let addrs = addr::assign(&names);
-    println!(
-        "connections{}:",
-        if reachable { "" } else { " (cached)" }
-    );
+    println!("connections{}:", if reachable { "" } else { " (cached)" });
     for c in &connections {
         let ip = addrs
             .get(&c.name.to_ascii_lowercase())

@@ -14,7 +14,9 @@ pub const STATE_FILE: &str = "state.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("no tunnel-lite state in {0}; run `tunnel-lite login --appliance HOST:PORT ...` first")]
+    #[error(
+        "no tunnel-lite state in {0}; run `tunnel-lite login --appliance HOST:PORT ...` first"
+    )]
     NotLoggedIn(String),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
@@ -147,7 +149,10 @@ mod tests {
             connections: vec![],
         };
         s.save(&dir).unwrap();
-        let mode = std::fs::metadata(dir.join(STATE_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join(STATE_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let dmode = std::fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(dmode & 0o777, 0o700);

@@ -140,7 +140,12 @@ impl ServerCertVerifier for PinnedCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -149,7 +154,12 @@ impl ServerCertVerifier for PinnedCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -168,7 +178,10 @@ mod tests {
         let hexs = "ab".repeat(32);
         let want = [0xabu8; 32];
         assert_eq!(parse_fingerprint(&hexs).unwrap(), want);
-        assert_eq!(parse_fingerprint(&format!("SHA256:{}", hexs.to_uppercase())).unwrap(), want);
+        assert_eq!(
+            parse_fingerprint(&format!("SHA256:{}", hexs.to_uppercase())).unwrap(),
+            want
+        );
         let colons: Vec<String> = (0..32).map(|_| "AB".to_string()).collect();
         assert_eq!(parse_fingerprint(&colons.join(":")).unwrap(), want);
         assert!(parse_fingerprint("abcd").is_err());

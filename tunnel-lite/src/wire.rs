@@ -258,7 +258,8 @@ pub fn decode_response(buf: &[u8]) -> Result<Option<(Response<'_>, usize)>, Wire
     if buf.len() < 4 + reason_len {
         return Ok(None);
     }
-    let reason = std::str::from_utf8(&buf[4..4 + reason_len]).map_err(|_| WireError::ReasonNotUtf8)?;
+    let reason =
+        std::str::from_utf8(&buf[4..4 + reason_len]).map_err(|_| WireError::ReasonNotUtf8)?;
     Ok(Some((Response { status, reason }, 4 + reason_len)))
 }
 

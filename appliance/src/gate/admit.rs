@@ -160,34 +160,74 @@ allow_groups = ["dba"]
     fn each_refusal_has_its_status() {
         let p = policy();
         let none = RevokedSet::default();
-        let ok = admit(Some(&p), Ok(claims("alice", &["dba"])), &none, "pg-prod", 5432).unwrap();
+        let ok = admit(
+            Some(&p),
+            Ok(claims("alice", &["dba"])),
+            &none,
+            "pg-prod",
+            5432,
+        )
+        .unwrap();
         assert_eq!(ok.identity.user, "alice");
         assert_eq!(ok.connection.name, "pg-prod");
 
         let status = |r: Result<Admission<'_>, Refusal>| r.unwrap_err().status;
         assert_eq!(
-            status(admit(Some(&p), Ok(claims("bob", &["dev"])), &none, "pg-prod", 5432)),
+            status(admit(
+                Some(&p),
+                Ok(claims("bob", &["dev"])),
+                &none,
+                "pg-prod",
+                5432
+            )),
             Status::NotAllowed
         );
         assert_eq!(
-            status(admit(Some(&p), Ok(claims("alice", &["dba"])), &none, "nope", 5432)),
+            status(admit(
+                Some(&p),
+                Ok(claims("alice", &["dba"])),
+                &none,
+                "nope",
+                5432
+            )),
             Status::UnknownTarget
         );
-        let r = admit(Some(&p), Ok(claims("alice", &["dba"])), &none, "pg-prod", 80).unwrap_err();
+        let r = admit(
+            Some(&p),
+            Ok(claims("alice", &["dba"])),
+            &none,
+            "pg-prod",
+            80,
+        )
+        .unwrap_err();
         assert_eq!(r.status, Status::PortNotAllowed);
         assert!(r.reason.contains("allowed: 5432"), "{}", r.reason);
         assert_eq!(
-            status(admit(None, Ok(claims("alice", &["dba"])), &none, "pg-prod", 5432)),
+            status(admit(
+                None,
+                Ok(claims("alice", &["dba"])),
+                &none,
+                "pg-prod",
+                5432
+            )),
             Status::PolicyNotLoaded
         );
-        let r = admit(Some(&p), Err(IdentityError::Expired { exp: 0 }), &none, "pg-prod", 5432)
-            .unwrap_err();
+        let r = admit(
+            Some(&p),
+            Err(IdentityError::Expired { exp: 0 }),
+            &none,
+            "pg-prod",
+            5432,
+        )
+        .unwrap_err();
         assert_eq!(r.status, Status::TokenExpired);
         assert!(r.reason.contains("1970-01-01T00:00:00Z"), "{}", r.reason);
         assert_eq!(
             status(admit(
                 Some(&p),
-                Err(IdentityError::InvalidToken("signed by an unknown key".into())),
+                Err(IdentityError::InvalidToken(
+                    "signed by an unknown key".into()
+                )),
                 &none,
                 "pg-prod",
                 5432
@@ -195,7 +235,14 @@ allow_groups = ["dba"]
             Status::TokenInvalid
         );
         let revoked = RevokedSet::from_users(["alice".to_string()]);
-        let r = admit(Some(&p), Ok(claims("alice", &["dba"])), &revoked, "pg-prod", 5432).unwrap_err();
+        let r = admit(
+            Some(&p),
+            Ok(claims("alice", &["dba"])),
+            &revoked,
+            "pg-prod",
+            5432,
+        )
+        .unwrap_err();
         assert_eq!(r.status, Status::IdentityRevoked);
         assert_eq!(r.identity.unwrap().user, "alice");
     }

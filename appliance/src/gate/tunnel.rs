@@ -17,12 +17,18 @@ use crate::server::Shared;
 /// Header bytes plus whatever the client pipelined after it.
 type HeaderBuf = heapless::Vec<u8, MAX_REQUEST>;
 
-pub(super) async fn handle<S>(mut stream: S, peer: SocketAddr, deadline: tokio::time::Instant, shared: Arc<Shared>)
-where
+pub(super) async fn handle<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+    shared: Arc<Shared>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = HeaderBuf::new();
-    let header_len = match tokio::time::timeout_at(deadline, read_header(&mut stream, &mut buf)).await {
+    let header_len = match tokio::time::timeout_at(deadline, read_header(&mut stream, &mut buf))
+        .await
+    {
         Ok(Ok(n)) => n,
         Ok(Err(HeaderError::Wire(e))) => {
             let status = match e {
@@ -64,7 +70,16 @@ where
     let admission = match admission {
         Ok(a) => a,
         Err(refusal) => {
-            refuse(&mut stream, peer, &shared, &refusal, req.target, req.port, policy_version).await;
+            refuse(
+                &mut stream,
+                peer,
+                &shared,
+                &refusal,
+                req.target,
+                req.port,
+                policy_version,
+            )
+            .await;
             return;
         }
     };
@@ -82,25 +97,46 @@ where
             ),
             identity: Some(identity),
         };
-        refuse(&mut stream, peer, &shared, &refusal, req.target, req.port, policy_version).await;
+        refuse(
+            &mut stream,
+            peer,
+            &shared,
+            &refusal,
+            req.target,
+            req.port,
+            policy_version,
+        )
+        .await;
         return;
     }
 
-    let mut upstream =
-        match tcp::connect_upstream(&connection.upstream, shared.cfg.upstream_connect_timeout).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(connection = %connection.name, upstream = %connection.upstream, error = %e, "upstream unreachable");
-                let refusal = Refusal {
-                    status: Status::UpstreamUnreachable,
-                    reason: format!("the upstream of {:?} is unreachable: {e}", connection.name),
-                    identity: Some(identity),
-                };
-                refuse(&mut stream, peer, &shared, &refusal, req.target, req.port, policy_version)
-                    .await;
-                return;
-            }
-        };
+    let mut upstream = match tcp::connect_upstream(
+        &connection.upstream,
+        shared.cfg.upstream_connect_timeout,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(connection = %connection.name, upstream = %connection.upstream, error = %e, "upstream unreachable");
+            let refusal = Refusal {
+                status: Status::UpstreamUnreachable,
+                reason: format!("the upstream of {:?} is unreachable: {e}", connection.name),
+                identity: Some(identity),
+            };
+            refuse(
+                &mut stream,
+                peer,
+                &shared,
+                &refusal,
+                req.target,
+                req.port,
+                policy_version,
+            )
+            .await;
+            return;
+        }
+    };
 
     let guard = shared.sessions.register(&identity.user);
     // A revocation that landed between the snapshot above and registering.
@@ -110,7 +146,16 @@ where
             reason: format!("access for {} has been revoked", identity.user),
             identity: Some(identity),
         };
-        refuse(&mut stream, peer, &shared, &refusal, req.target, req.port, policy_version).await;
+        refuse(
+            &mut stream,
+            peer,
+            &shared,
+            &refusal,
+            req.target,
+            req.port,
+            policy_version,
+        )
+        .await;
         return;
     }
     if respond(&mut stream, Status::Ok, "").await.is_err() {
@@ -132,7 +177,12 @@ where
         r
     };
     tracing::info!(user = %identity.user, connection = %connection.name, session = %session_id, %peer, "session start");
-    if shared.audit.record(base(AuditKind::SessionStart)).await.is_err() {
+    if shared
+        .audit
+        .record(base(AuditKind::SessionStart))
+        .await
+        .is_err()
+    {
         tracing::error!("audit writer is gone; closing session");
         return;
     }
@@ -162,7 +212,10 @@ enum HeaderError {
 
 /// Reads until a whole header is buffered; returns its length. Bytes after
 /// it (pipelined payload) stay in `buf`.
-async fn read_header<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut HeaderBuf) -> Result<usize, HeaderError> {
+async fn read_header<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut HeaderBuf,
+) -> Result<usize, HeaderError> {
     let mut chunk = [0u8; 1024];
     loop {
         match wire::decode_request(buf) {
@@ -176,7 +229,10 @@ async fn read_header<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut HeaderBuf) 
             return Err(HeaderError::Wire(WireError::BufferTooSmall(MAX_REQUEST)));
         }
         let want = room.min(chunk.len());
-        let n = stream.read(&mut chunk[..want]).await.map_err(HeaderError::Io)?;
+        let n = stream
+            .read(&mut chunk[..want])
+            .await
+            .map_err(HeaderError::Io)?;
         if n == 0 {
             return Err(HeaderError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
@@ -185,7 +241,11 @@ async fn read_header<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut HeaderBuf) 
     }
 }
 
-async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, status: Status, reason: &str) -> std::io::Result<()> {
+async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: Status,
+    reason: &str,
+) -> std::io::Result<()> {
     let mut out = [0u8; MAX_RESPONSE];
     let n = wire::encode_response(status, reason, &mut out)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -202,7 +262,11 @@ async fn refuse<S: AsyncWrite + Unpin>(
     port: u16,
     policy_version: Option<u64>,
 ) {
-    let user = refusal.identity.as_ref().map(|i| i.user.as_str()).unwrap_or("-");
+    let user = refusal
+        .identity
+        .as_ref()
+        .map(|i| i.user.as_str())
+        .unwrap_or("-");
     tracing::info!(%peer, user, target, port, status = refusal.status.as_str(), reason = %refusal.reason, "tunnel refused");
     let _ = respond(stream, refusal.status, &refusal.reason).await;
     let _ = stream.shutdown().await;

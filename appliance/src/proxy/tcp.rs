@@ -37,7 +37,12 @@ pub async fn connect_upstream(addr: &str, timeout: Duration) -> io::Result<TcpSt
 /// Relays until both sides close, the session is cancelled (revocation,
 /// shutdown), or an I/O error. `pending` holds laptop bytes that arrived with
 /// the tunnel header and go upstream first.
-pub async fn run<C>(client: &mut C, upstream: &mut TcpStream, pending: &[u8], cancel: &CancellationToken) -> SessionEnd
+pub async fn run<C>(
+    client: &mut C,
+    upstream: &mut TcpStream,
+    pending: &[u8],
+    cancel: &CancellationToken,
+) -> SessionEnd
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {

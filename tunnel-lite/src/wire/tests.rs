@@ -2,7 +2,15 @@ use super::*;
 
 fn encoded(token: &str, target: &str, port: u16) -> Vec<u8> {
     let mut out = [0u8; MAX_REQUEST];
-    let n = encode_request(&Request { token, target, port }, &mut out).unwrap();
+    let n = encode_request(
+        &Request {
+            token,
+            target,
+            port,
+        },
+        &mut out,
+    )
+    .unwrap();
     out[..n].to_vec()
 }
 
@@ -50,33 +58,72 @@ fn every_strict_prefix_needs_more() {
 #[test]
 fn garbage_is_refused_at_the_first_byte() {
     assert_eq!(decode_request(b"G"), Err(WireError::BadMagic));
-    assert_eq!(decode_request(b"GET / HTTP/1.1\r\n"), Err(WireError::BadMagic));
+    assert_eq!(
+        decode_request(b"GET / HTTP/1.1\r\n"),
+        Err(WireError::BadMagic)
+    );
     assert_eq!(decode_request(b"TX"), Err(WireError::BadMagic));
-    assert_eq!(decode_request(b"TL\x02"), Err(WireError::UnsupportedVersion(2)));
-    assert_eq!(decode_request(b"TL\x01\x80"), Err(WireError::BadFlags(0x80)));
+    assert_eq!(
+        decode_request(b"TL\x02"),
+        Err(WireError::UnsupportedVersion(2))
+    );
+    assert_eq!(
+        decode_request(b"TL\x01\x80"),
+        Err(WireError::BadFlags(0x80))
+    );
 }
 
 #[test]
 fn lengths_are_checked_before_waiting_for_the_bytes() {
     // A peer claiming a 65535-byte token is refused immediately.
-    assert_eq!(decode_request(b"TL\x01\x00\xff\xff"), Err(WireError::TokenLength(65535)));
-    assert_eq!(decode_request(b"TL\x01\x00\x00\x00"), Err(WireError::TokenLength(0)));
+    assert_eq!(
+        decode_request(b"TL\x01\x00\xff\xff"),
+        Err(WireError::TokenLength(65535))
+    );
+    assert_eq!(
+        decode_request(b"TL\x01\x00\x00\x00"),
+        Err(WireError::TokenLength(0))
+    );
     let max_plus_one = ((MAX_TOKEN + 1) as u16).to_be_bytes();
     let mut b = b"TL\x01\x00".to_vec();
     b.extend_from_slice(&max_plus_one);
-    assert_eq!(decode_request(&b), Err(WireError::TokenLength(MAX_TOKEN + 1)));
+    assert_eq!(
+        decode_request(&b),
+        Err(WireError::TokenLength(MAX_TOKEN + 1))
+    );
     // target length 0 and > 253
-    assert_eq!(decode_request(b"TL\x01\x00\x00\x01t\x00"), Err(WireError::TargetLength(0)));
-    assert_eq!(decode_request(b"TL\x01\x00\x00\x01t\xfe"), Err(WireError::TargetLength(254)));
+    assert_eq!(
+        decode_request(b"TL\x01\x00\x00\x01t\x00"),
+        Err(WireError::TargetLength(0))
+    );
+    assert_eq!(
+        decode_request(b"TL\x01\x00\x00\x01t\xfe"),
+        Err(WireError::TargetLength(254))
+    );
 }
 
 #[test]
 fn charsets_are_enforced_as_bytes_arrive() {
-    assert_eq!(decode_request(b"TL\x01\x00\x00\x05ab "), Err(WireError::TokenNotAscii));
-    assert_eq!(decode_request(b"TL\x01\x00\x00\x02a\xff"), Err(WireError::TokenNotAscii));
-    assert_eq!(decode_request(b"TL\x01\x00\x00\x01t\x03PG"), Err(WireError::TargetCharset));
-    assert_eq!(decode_request(b"TL\x01\x00\x00\x01t\x03a/"), Err(WireError::TargetCharset));
-    assert_eq!(decode_request(b"TL\x01\x00\x00\x01t\x01a\x00\x00"), Err(WireError::PortZero));
+    assert_eq!(
+        decode_request(b"TL\x01\x00\x00\x05ab "),
+        Err(WireError::TokenNotAscii)
+    );
+    assert_eq!(
+        decode_request(b"TL\x01\x00\x00\x02a\xff"),
+        Err(WireError::TokenNotAscii)
+    );
+    assert_eq!(
+        decode_request(b"TL\x01\x00\x00\x01t\x03PG"),
+        Err(WireError::TargetCharset)
+    );
+    assert_eq!(
+        decode_request(b"TL\x01\x00\x00\x01t\x03a/"),
+        Err(WireError::TargetCharset)
+    );
+    assert_eq!(
+        decode_request(b"TL\x01\x00\x00\x01t\x01a\x00\x00"),
+        Err(WireError::PortZero)
+    );
 }
 
 #[test]
@@ -91,13 +138,32 @@ fn maximal_request_fits_the_bound() {
 #[test]
 fn encoder_refuses_what_the_decoder_would() {
     let mut out = [0u8; MAX_REQUEST];
-    let r = |token, target, port| Request { token, target, port };
-    assert_eq!(encode_request(&r("", "a", 1), &mut out), Err(WireError::TokenLength(0)));
-    assert_eq!(encode_request(&r("a b", "a", 1), &mut out), Err(WireError::TokenNotAscii));
-    assert_eq!(encode_request(&r("t", "A", 1), &mut out), Err(WireError::TargetCharset));
-    assert_eq!(encode_request(&r("t", "a", 0), &mut out), Err(WireError::PortZero));
+    let r = |token, target, port| Request {
+        token,
+        target,
+        port,
+    };
+    assert_eq!(
+        encode_request(&r("", "a", 1), &mut out),
+        Err(WireError::TokenLength(0))
+    );
+    assert_eq!(
+        encode_request(&r("a b", "a", 1), &mut out),
+        Err(WireError::TokenNotAscii)
+    );
+    assert_eq!(
+        encode_request(&r("t", "A", 1), &mut out),
+        Err(WireError::TargetCharset)
+    );
+    assert_eq!(
+        encode_request(&r("t", "a", 0), &mut out),
+        Err(WireError::PortZero)
+    );
     let mut small = [0u8; 8];
-    assert_eq!(encode_request(&r("t", "abc", 1), &mut small), Err(WireError::BufferTooSmall(8)));
+    assert_eq!(
+        encode_request(&r("t", "abc", 1), &mut small),
+        Err(WireError::BufferTooSmall(8))
+    );
 }
 
 #[test]
@@ -118,10 +184,22 @@ fn response_exact_bytes_and_round_trip() {
 
 #[test]
 fn response_errors() {
-    assert_eq!(decode_response(b"\x02"), Err(WireError::UnsupportedVersion(2)));
-    assert_eq!(decode_response(b"\x01\x63\x00\x00"), Err(WireError::UnknownStatus(0x63)));
-    assert_eq!(decode_response(b"\x01\x00\x04\x01"), Err(WireError::ReasonLength(1025)));
-    assert_eq!(decode_response(b"\x01\x00\x00\x01\xff"), Err(WireError::ReasonNotUtf8));
+    assert_eq!(
+        decode_response(b"\x02"),
+        Err(WireError::UnsupportedVersion(2))
+    );
+    assert_eq!(
+        decode_response(b"\x01\x63\x00\x00"),
+        Err(WireError::UnknownStatus(0x63))
+    );
+    assert_eq!(
+        decode_response(b"\x01\x00\x04\x01"),
+        Err(WireError::ReasonLength(1025))
+    );
+    assert_eq!(
+        decode_response(b"\x01\x00\x00\x01\xff"),
+        Err(WireError::ReasonNotUtf8)
+    );
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! - `GET  /v1/info`         what a laptop needs to log in (device flow, DNS suffix)
 //! - `POST /v1/login`        `{"id_token": ...}` -> an appliance session token
 //! - `GET  /v1/connections`  (Bearer session token) what this person may reach
-//! - `GET  /.well-known/jwks.json`  the appliance's session-token public key
+//! - `GET  /.well-known/jwks.json`  the appliance's public keys (session tokens,
+//!   HTTP identity assertions)
 //!
 //! Request bodies are bounded by `MAX_BODY`; errors are JSON `{"error", "reason"}`
 //! and never echo tokens.
@@ -61,10 +62,10 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Rep
         (&Method::GET, "/v1/info") => info(shared),
         (&Method::POST, "/v1/login") => login(req, peer, shared).await,
         (&Method::GET, "/v1/connections") => connections(&req, shared),
-        (&Method::GET, "/.well-known/jwks.json") => json(
-            StatusCode::OK,
-            &serde_json::json!({ "keys": [shared.signer.public_jwk()] }),
-        ),
+        // Session-token key and the HTTP gateway's identity assertion key.
+        (&Method::GET, "/.well-known/jwks.json") => {
+            json(StatusCode::OK, &crate::proxy::http::jwks(shared))
+        }
         (_, "/v1/health" | "/v1/info" | "/v1/login" | "/v1/connections") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -98,6 +99,14 @@ fn error(status: StatusCode, code: &str, reason: &str) -> Reply {
     )
 }
 
+fn policy_not_loaded() -> Reply {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "policy_not_loaded",
+        "the appliance has no policy loaded yet",
+    )
+}
+
 fn health(shared: &Shared) -> Reply {
     let version = shared.policy.borrow().as_ref().map(|p| p.policy().version);
     json(
@@ -113,11 +122,7 @@ fn health(shared: &Shared) -> Reply {
 
 fn info(shared: &Shared) -> Reply {
     let Some(policy) = shared.policy.borrow().clone() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "policy_not_loaded",
-            "the appliance has no policy loaded yet",
-        );
+        return policy_not_loaded();
     };
     let p = policy.policy();
     let device_flow = p.identity.device_flow.as_ref().map(|d| DeviceFlowInfo {
@@ -293,11 +298,7 @@ fn connections(req: &Request<Incoming>, shared: &Shared) -> Reply {
         );
     }
     let Some(policy) = shared.policy.borrow().clone() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "policy_not_loaded",
-            "the appliance has no policy loaded yet",
-        );
+        return policy_not_loaded();
     };
     let p = policy.policy();
     let list = visible_connections(p, &identity)

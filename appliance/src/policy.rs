@@ -8,6 +8,7 @@
 //! outcomes it returns), or hand out a policy that was not verified first.
 
 mod decide;
+pub mod kinds;
 mod loader;
 mod schema;
 mod signature;
@@ -18,6 +19,7 @@ mod tests;
 
 use std::path::PathBuf;
 
+pub use kinds::{HttpSettings, KindSettings, PostgresSettings, SshSettings};
 pub use decide::{authorize, visible_connections, Denial, ANY_USER};
 pub use loader::{LoadOutcome, PolicyLoader, POLICY_FILE, POLICY_SIGNATURE_FILE};
 pub use schema::{

@@ -49,6 +49,8 @@ pub struct Shared {
     pub audit: AuditHandle,
     pub secrets: SecretStore,
     pub fingerprint: String,
+    /// Cancel keys handed to PostgreSQL clients.
+    pub pg_cancel: crate::proxy::postgres::cancel::CancelRegistry,
     /// IdP verifier built for the policy version it came from.
     idp: Mutex<Option<(u64, Arc<IdpVerifier>)>>,
 }
@@ -217,6 +219,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
         secrets,
         fingerprint: tls.fingerprint.clone(),
         idp: Mutex::new(None),
+        pg_cancel: Default::default(),
         cfg,
     });
     let _ = audit
@@ -240,6 +243,10 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
             state,
             audit.clone(),
             shared.cfg.policy_poll_interval,
+            shutdown.clone(),
+        )),
+        tokio::spawn(crate::proxy::postgres::ephemeral::sweeper(
+            shared.clone(),
             shutdown.clone(),
         )),
         tokio::spawn(poll_revocations(

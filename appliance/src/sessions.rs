@@ -101,6 +101,11 @@ impl SessionRegistry {
 }
 
 impl SessionGuard {
+    /// A handle on the close reason, for code that outlives a borrow of the guard.
+    pub fn reason_handle(&self) -> Arc<OnceLock<String>> {
+        self.reason.clone()
+    }
+
     /// Why the appliance closed this session, if it did.
     pub fn close_reason(&self) -> Option<&str> {
         self.reason.get().map(String::as_str)

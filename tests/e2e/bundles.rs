@@ -14,20 +14,6 @@ use tunnel_lite::tls::{parse_fingerprint, Trust};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-async fn echo_upstream() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr.to_string()
-}
-
 async fn still_serves(app: &ApplianceFixture, user: &str, target: &str) {
     let trust = Trust::Pinned(parse_fingerprint(&app.fingerprint).unwrap());
     let client = ApplianceClient::new(&app.addr.to_string(), &trust).unwrap();
@@ -54,7 +40,7 @@ async fn nth_refusal(app: &ApplianceFixture, n: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bundles_are_refused_and_the_policy_in_force_stays() {
-    let upstream = echo_upstream().await;
+    let upstream = e2e::echo_upstream().await.to_string();
     let v = |version: u64, target: &str| {
         policy_with(
             version,
@@ -126,7 +112,7 @@ async fn bad_bundles_are_refused_and_the_policy_in_force_stays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_cannot_roll_the_policy_back() {
-    let upstream = echo_upstream().await;
+    let upstream = e2e::echo_upstream().await.to_string();
     let app = ApplianceFixture::start(&policy_with(
         3,
         &tcp_connection("a", &upstream, &[1], &["u"], &[]),

@@ -5,5 +5,8 @@
 mod bundles;
 mod cli;
 mod dns;
+mod http;
 mod login;
+mod postgres;
+mod ssh;
 mod tunnel;

@@ -22,21 +22,6 @@ fn client_for(app: &ApplianceFixture) -> ApplianceClient {
     ApplianceClient::new(&app.addr.to_string(), &trust).unwrap()
 }
 
-/// A TCP echo server standing in for an upstream; returns its address.
-async fn echo_upstream() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_and_ssh_through_the_hoop_names() {
     let pg = Postgres::start();
@@ -137,7 +122,7 @@ async fn psql_and_ssh_through_the_hoop_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_carry_the_exact_reason() {
-    let upstream = echo_upstream().await;
+    let upstream = e2e::echo_upstream().await;
     let closed_port = e2e::free_port();
     let policy = policy_with(
         7,
@@ -248,7 +233,7 @@ async fn refusals_carry_the_exact_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_closes_live_sessions_within_a_second() {
-    let upstream = echo_upstream().await;
+    let upstream = e2e::echo_upstream().await;
     let name = unique_name("echo");
     let app = ApplianceFixture::start(&policy_with(
         1,
@@ -384,7 +369,7 @@ async fn read_response(s: &mut (impl AsyncReadExt + Unpin)) -> (Status, String) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_headers_are_refused_and_others_keep_working() {
-    let upstream = echo_upstream().await;
+    let upstream = e2e::echo_upstream().await;
     let app = ApplianceFixture::start(&policy_with(
         1,
         &tcp_connection("echo", &upstream.to_string(), &[1], &["gina"], &[]),

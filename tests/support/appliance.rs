@@ -70,8 +70,18 @@ impl ApplianceFixture {
         Self::start_with(Some(policy), "").await
     }
 
+    /// Starts with `policy` and a secrets file (mode 0600) holding `secrets`.
+    pub async fn start_with_secrets(policy: &str, secrets: &[(&str, &str)]) -> ApplianceFixture {
+        let body: String = secrets.iter().map(|(k, v)| format!("{k} = {v:?}\n")).collect();
+        Self::start_full(Some(policy), "secrets_file = \"secrets.toml\"\n", Some(&body)).await
+    }
+
     /// `extra_config` is appended to the runtime config file.
     pub async fn start_with(policy: Option<&str>, extra_config: &str) -> ApplianceFixture {
+        Self::start_full(policy, extra_config, None).await
+    }
+
+    async fn start_full(policy: Option<&str>, extra_config: &str, secrets: Option<&str>) -> ApplianceFixture {
         let dir = tempfile::Builder::new()
             .prefix("e2e-appliance-")
             .tempdir()
@@ -88,6 +98,18 @@ impl ApplianceFixture {
             ),
         )
         .expect("write config");
+        if let Some(body) = secrets {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(dir.path().join("secrets.toml"))
+                .expect("secrets file");
+            f.write_all(body.as_bytes()).expect("write secrets");
+        }
         let cfg = RuntimeConfig::load(Some(&config_path)).expect("config");
         std::fs::create_dir_all(&cfg.policy_dir).expect("policy dir");
         let mut fixture = ApplianceFixture {

@@ -5,6 +5,7 @@
 //! parallel.
 
 pub mod appliance;
+pub mod http_upstream;
 pub mod oidc;
 pub mod postgres;
 pub mod sshd;
@@ -101,6 +102,24 @@ fn unsafe_free_geteuid() -> u32 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(u32::MAX)
+}
+
+/// A TCP echo server standing in for an upstream (runs until the test's
+/// runtime ends); returns its address.
+pub async fn echo_upstream() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind echo server");
+    let addr = l.local_addr().expect("echo addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
 }
 
 /// A unique lowercase name for connections, so parallel tests never share a

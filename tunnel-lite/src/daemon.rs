@@ -256,11 +256,12 @@ impl Listeners {
             suffix: list.dns_suffix.clone(),
             names: addrs.clone(),
         });
-        let mut wanted: BTreeMap<(String, u16), Ipv4Addr> = BTreeMap::new();
+        // (connection, port) -> (address, speaks PostgreSQL)
+        let mut wanted: BTreeMap<(String, u16), (Ipv4Addr, bool)> = BTreeMap::new();
         for c in &list.connections {
             if let Some(ip) = addrs.get(&c.name.to_ascii_lowercase()) {
                 for &p in &c.ports {
-                    wanted.insert((c.name.clone(), p), *ip);
+                    wanted.insert((c.name.clone(), p), (*ip, c.kind == "postgres"));
                 }
             }
         }
@@ -273,7 +274,7 @@ impl Listeners {
             keep
         });
         self.failed.retain(|k| wanted.contains_key(k));
-        for ((name, port), ip) in wanted {
+        for ((name, port), (ip, postgres)) in wanted {
             let key = (name.clone(), port);
             if self.running.contains_key(&key) {
                 continue;
@@ -288,6 +289,7 @@ impl Listeners {
                         listener,
                         name.clone(),
                         port,
+                        postgres,
                         ctx.clone(),
                         cancel.clone(),
                     ));
@@ -317,6 +319,7 @@ async fn accept_loop(
     listener: TcpListener,
     name: String,
     port: u16,
+    postgres: bool,
     ctx: Arc<Ctx>,
     cancel: CancelToken,
 ) {
@@ -336,7 +339,7 @@ async fn accept_loop(
         let name = name.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            forward(client, peer, &name, port, &ctx, &cancel).await;
+            forward(client, peer, &name, port, postgres, &ctx, &cancel).await;
         });
     }
 }
@@ -346,6 +349,7 @@ async fn forward(
     peer: SocketAddr,
     name: &str,
     port: u16,
+    postgres: bool,
     ctx: &Ctx,
     cancel: &CancelToken,
 ) {
@@ -362,6 +366,15 @@ async fn forward(
             tracing::error!("{name}:{port} from {peer}: {e}{hint}");
             if matches!(e.status(), Some(Status::UnknownTarget | Status::NotAllowed)) {
                 ctx.refresh_now.notify_one();
+            }
+            if postgres {
+                // psql and drivers show this to the person instead of "connection closed".
+                let sqlstate = match e.status() {
+                    Some(Status::UpstreamUnreachable) => "08001",
+                    Some(_) => "28000",
+                    None => "08006",
+                };
+                let _ = crate::pgrefusal::refuse(&mut client, sqlstate, &format!("{e}{hint}")).await;
             }
             return;
         }

@@ -15,3 +15,4 @@ pub mod relay;
 pub mod state;
 pub mod tls;
 pub mod wire;
+pub mod pgrefusal;

@@ -25,11 +25,31 @@ pub enum AuditKind {
     PolicyRefused,
     ApplianceStarted,
     ApplianceStopped,
+    /// One SQL statement (simple Query, or an Execute of a prepared statement).
+    Statement,
+    /// An SSH exec or subsystem channel: command line, exit status, bytes each way.
+    SshExec,
+    /// An interactive SSH shell, with its recording.
+    SshShell,
+    /// One SFTP file operation (open/read/write/remove/rename...) with its path.
+    SshSftp,
+    /// An SSH port forwarding channel (`ssh -L`), allowed or refused, with its destination.
+    SshForward,
+    /// An SSH command refused by a deny pattern.
+    SshCommandDenied,
+    /// The SSH upstream could not be used: host key mismatch, credential refused.
+    SshUpstreamRefused,
+    /// One HTTP request through the HTTP gateway: method, path, status, bytes each way.
+    HttpRequest,
+    /// An upgraded (WebSocket) connection through the HTTP gateway began.
+    WebsocketStart,
+    /// An upgraded (WebSocket) connection ended: bytes each way, duration.
+    WebsocketEnd,
 }
 
 impl AuditKind {
     /// Every kind, in declaration order.
-    pub const ALL: [AuditKind; 12] = [
+    pub const ALL: [AuditKind; 22] = [
         AuditKind::SessionStart,
         AuditKind::SessionEnd,
         AuditKind::TunnelRefused,
@@ -42,6 +62,16 @@ impl AuditKind {
         AuditKind::PolicyRefused,
         AuditKind::ApplianceStarted,
         AuditKind::ApplianceStopped,
+        AuditKind::Statement,
+        AuditKind::SshExec,
+        AuditKind::SshShell,
+        AuditKind::SshSftp,
+        AuditKind::SshForward,
+        AuditKind::SshCommandDenied,
+        AuditKind::SshUpstreamRefused,
+        AuditKind::HttpRequest,
+        AuditKind::WebsocketStart,
+        AuditKind::WebsocketEnd,
     ];
 
     /// The stored name (identical to the serde name; a test keeps them equal).
@@ -59,6 +89,16 @@ impl AuditKind {
             AuditKind::PolicyRefused => "policy_refused",
             AuditKind::ApplianceStarted => "appliance_started",
             AuditKind::ApplianceStopped => "appliance_stopped",
+            AuditKind::Statement => "statement",
+            AuditKind::SshExec => "ssh_exec",
+            AuditKind::SshShell => "ssh_shell",
+            AuditKind::SshSftp => "ssh_sftp",
+            AuditKind::SshForward => "ssh_forward",
+            AuditKind::SshCommandDenied => "ssh_command_denied",
+            AuditKind::SshUpstreamRefused => "ssh_upstream_refused",
+            AuditKind::HttpRequest => "http_request",
+            AuditKind::WebsocketStart => "websocket_start",
+            AuditKind::WebsocketEnd => "websocket_end",
         }
     }
 

@@ -10,22 +10,35 @@ use tunnel_lite::wire::{self, Status, WireError, MAX_REQUEST, MAX_RESPONSE};
 
 use super::admit::{admit, Refusal};
 use crate::audit::{AuditKind, AuditRecord};
-use crate::policy::ConnectionKind;
-use crate::proxy::tcp;
+use crate::identity::Identity;
+use crate::policy::{Connection, VerifiedPolicy};
+use crate::proxy::{self, tcp, SessionContext, TunnelStream};
+use bytes::Bytes;
 use crate::server::Shared;
+use crate::sessions::SessionGuard;
+use tokio::net::TcpStream;
 
 /// Header bytes plus whatever the client pipelined after it.
 type HeaderBuf = heapless::Vec<u8, MAX_REQUEST>;
 
-pub(super) async fn handle<S>(
-    mut stream: S,
+pub(super) async fn handle(
+    mut stream: TunnelStream,
     peer: SocketAddr,
     deadline: tokio::time::Instant,
     shared: Arc<Shared>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) {
     let mut buf = HeaderBuf::new();
+    let unidentified = RequestInfo {
+        peer,
+        target: None,
+        port: None,
+        policy_version: None,
+    };
+    let unidentified_refusal = |status, reason| Refusal {
+        status,
+        reason,
+        identity: None,
+    };
     let header_len = match tokio::time::timeout_at(deadline, read_header(&mut stream, &mut buf))
         .await
     {
@@ -36,7 +49,7 @@ pub(super) async fn handle<S>(
                 _ => Status::MalformedRequest,
             };
             let reason = format!("malformed tunnel header: {e}");
-            refuse_unidentified(&mut stream, peer, &shared, status, reason).await;
+            refuse(&mut stream, &shared, &unidentified, unidentified_refusal(status, reason)).await;
             return;
         }
         Ok(Err(HeaderError::Io(e))) => {
@@ -48,7 +61,8 @@ pub(super) async fn handle<S>(
                 "tunnel header not received within {:?}",
                 shared.cfg.header_timeout
             );
-            refuse_unidentified(&mut stream, peer, &shared, Status::MalformedRequest, reason).await;
+            let refusal = unidentified_refusal(Status::MalformedRequest, reason);
+            refuse(&mut stream, &shared, &unidentified, refusal).await;
             return;
         }
     };
@@ -57,145 +71,50 @@ pub(super) async fn handle<S>(
         return;
     };
     let policy = shared.policy.borrow().clone();
-    let revoked = shared.revoked.borrow().clone();
-    let token = shared.signer.verify(req.token);
-    let admission = admit(
-        policy.as_deref().map(|p| p.policy()),
-        token,
-        &revoked,
-        req.target,
-        req.port,
-    );
     let policy_version = policy.as_ref().map(|p| p.policy().version);
-    let admission = match admission {
-        Ok(a) => a,
-        Err(refusal) => {
-            refuse(
-                &mut stream,
-                peer,
-                &shared,
-                &refusal,
-                req.target,
-                req.port,
-                policy_version,
-            )
-            .await;
-            return;
-        }
+    let request = RequestInfo {
+        peer,
+        target: Some(req.target),
+        port: Some(req.port),
+        policy_version,
     };
-    let identity = admission.identity.clone();
-    let connection = admission.connection.clone();
-    drop(admission);
-
-    if connection.kind != ConnectionKind::Tcp {
-        let refusal = Refusal {
-            status: Status::Internal,
-            reason: format!(
-                "connection {:?} is of kind {}, which this appliance build does not serve yet",
-                connection.name,
-                connection.kind.as_str()
-            ),
-            identity: Some(identity),
+    let (identity, connection, upstream, guard) =
+        match open_session(&shared, policy.as_deref(), req.token, req.target, req.port).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                refuse(&mut stream, &shared, &request, refusal).await;
+                return;
+            }
         };
-        refuse(
-            &mut stream,
-            peer,
-            &shared,
-            &refusal,
-            req.target,
-            req.port,
-            policy_version,
-        )
-        .await;
-        return;
-    }
-
-    let mut upstream = match tcp::connect_upstream(
-        &connection.upstream,
-        shared.cfg.upstream_connect_timeout,
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(connection = %connection.name, upstream = %connection.upstream, error = %e, "upstream unreachable");
-            let refusal = Refusal {
-                status: Status::UpstreamUnreachable,
-                reason: format!("the upstream of {:?} is unreachable: {e}", connection.name),
-                identity: Some(identity),
-            };
-            refuse(
-                &mut stream,
-                peer,
-                &shared,
-                &refusal,
-                req.target,
-                req.port,
-                policy_version,
-            )
-            .await;
-            return;
-        }
-    };
-
-    let guard = shared.sessions.register(&identity.user);
-    // A revocation that landed between the snapshot above and registering.
-    if shared.revoked.borrow().contains(&identity.user) {
-        let refusal = Refusal {
-            status: Status::IdentityRevoked,
-            reason: format!("access for {} has been revoked", identity.user),
-            identity: Some(identity),
-        };
-        refuse(
-            &mut stream,
-            peer,
-            &shared,
-            &refusal,
-            req.target,
-            req.port,
-            policy_version,
-        )
-        .await;
-        return;
-    }
     if respond(&mut stream, Status::Ok, "").await.is_err() {
         return;
     }
-    let session_id = new_session_id();
-    let port = req.port;
-    let base = |kind| {
-        let mut r = AuditRecord::new(kind)
-            .user(identity.user.clone())
-            .groups(identity.groups.iter().cloned())
-            .connection(connection.name.clone())
-            .session(session_id.clone())
-            .client_addr(peer)
-            .port(port);
-        if let Some(v) = policy_version {
-            r = r.policy_version(v);
-        }
-        r
+    let ctx = SessionContext {
+        shared: shared.clone(),
+        identity,
+        connection,
+        session_id: new_session_id(),
+        peer,
+        port: req.port,
+        policy_version,
+        cancel: guard.token.clone(),
+        close_reason: guard.reason_handle(),
     };
-    tracing::info!(user = %identity.user, connection = %connection.name, session = %session_id, %peer, "session start");
-    if shared
-        .audit
-        .record(base(AuditKind::SessionStart))
-        .await
-        .is_err()
-    {
+    tracing::info!(user = %ctx.identity.user, connection = %ctx.connection.name, session = %ctx.session_id, %peer, "session start");
+    if shared.audit.record(ctx.audit_record(AuditKind::SessionStart)).await.is_err() {
         tracing::error!("audit writer is gone; closing session");
         return;
     }
     let started = Instant::now();
-    let pending = &buf[header_len..];
-    let mut end = tcp::run(&mut stream, &mut upstream, pending, &guard.token).await;
+    let pending = Bytes::copy_from_slice(&buf[header_len..]);
+    let mut end = proxy::serve(stream, upstream, pending, &ctx).await;
     if let Some(reason) = guard.close_reason() {
         end.reason = reason.to_string();
     }
-    let _ = stream.shutdown().await;
-    tracing::info!(user = %identity.user, connection = %connection.name, session = %session_id,
+    tracing::info!(user = %ctx.identity.user, connection = %ctx.connection.name, session = %ctx.session_id,
         up = end.bytes_up, down = end.bytes_down, reason = %end.reason, "session end");
-    let rec = base(AuditKind::SessionEnd)
+    let rec = ctx
+        .audit_record(AuditKind::SessionEnd)
         .bytes(end.bytes_up, end.bytes_down)
         .duration(started.elapsed())
         .outcome("ok")
@@ -253,52 +172,95 @@ async fn respond<S: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
-async fn refuse<S: AsyncWrite + Unpin>(
-    stream: &mut S,
+/// Where a tunnel request came from and what it asked for, as far as known.
+struct RequestInfo<'a> {
     peer: SocketAddr,
+    target: Option<&'a str>,
+    port: Option<u16>,
+    policy_version: Option<u64>,
+}
+
+/// Admits the request, connects upstream and registers the live session.
+async fn open_session(
     shared: &Shared,
-    refusal: &Refusal,
+    policy: Option<&VerifiedPolicy>,
+    token: &str,
     target: &str,
     port: u16,
-    policy_version: Option<u64>,
-) {
-    let user = refusal
-        .identity
-        .as_ref()
-        .map(|i| i.user.as_str())
-        .unwrap_or("-");
-    tracing::info!(%peer, user, target, port, status = refusal.status.as_str(), reason = %refusal.reason, "tunnel refused");
+) -> Result<(Identity, Connection, Option<TcpStream>, SessionGuard), Refusal> {
+    let revoked = shared.revoked.borrow().clone();
+    let admission = admit(
+        policy.map(|p| p.policy()),
+        shared.signer.verify(token),
+        &revoked,
+        target,
+        port,
+    )?;
+    let identity = admission.identity;
+    let connection = admission.connection.clone();
+    let refusal = |status, reason| Refusal {
+        status,
+        reason,
+        identity: Some(identity.clone()),
+    };
+    if !proxy::serves(connection.kind) {
+        return Err(refusal(
+            Status::Internal,
+            format!(
+                "connection {:?} is of kind {}, which this appliance build does not serve yet",
+                connection.name,
+                connection.kind.as_str()
+            ),
+        ));
+    }
+    let upstream = if proxy::gate_connects_upstream(connection.kind) {
+        let stream = tcp::connect_upstream(&connection.upstream, shared.cfg.upstream_connect_timeout)
+            .await
+            .map_err(|e| {
+                tracing::warn!(connection = %connection.name, upstream = %connection.upstream, error = %e, "upstream unreachable");
+                refusal(
+                    Status::UpstreamUnreachable,
+                    format!("the upstream of {:?} is unreachable: {e}", connection.name),
+                )
+            })?;
+        Some(stream)
+    } else {
+        None
+    };
+    let guard = shared.sessions.register(&identity.user);
+    // A revocation that landed between the snapshot above and registering.
+    if shared.revoked.borrow().contains(&identity.user) {
+        return Err(refusal(
+            Status::IdentityRevoked,
+            format!("access for {} has been revoked", identity.user),
+        ));
+    }
+    Ok((identity, connection, upstream, guard))
+}
+
+/// Answers a refusal, closes the stream, and audits it.
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared, request: &RequestInfo<'_>, refusal: Refusal) {
+    let user = refusal.identity.as_ref().map(|i| i.user.as_str()).unwrap_or("-");
+    tracing::info!(peer = %request.peer, user, target = request.target.unwrap_or("-"),
+        status = refusal.status.as_str(), reason = %refusal.reason, "tunnel refused");
     let _ = respond(stream, refusal.status, &refusal.reason).await;
     let _ = stream.shutdown().await;
     let mut rec = AuditRecord::new(AuditKind::TunnelRefused)
-        .connection(target)
-        .client_addr(peer)
-        .port(port)
+        .client_addr(request.peer)
         .outcome(refusal.status.as_str())
-        .reason(refusal.reason.clone());
-    if let Some(id) = &refusal.identity {
-        rec = rec.user(id.user.clone()).groups(id.groups.iter().cloned());
+        .reason(refusal.reason);
+    if let Some(t) = request.target {
+        rec = rec.connection(t);
     }
-    if let Some(v) = policy_version {
+    if let Some(p) = request.port {
+        rec = rec.port(p);
+    }
+    if let Some(id) = refusal.identity {
+        rec = rec.user(id.user).groups(id.groups);
+    }
+    if let Some(v) = request.policy_version {
         rec = rec.policy_version(v);
     }
-    let _ = shared.audit.record(rec).await;
-}
-
-async fn refuse_unidentified<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    peer: SocketAddr,
-    shared: &Shared,
-    status: Status,
-    reason: String,
-) {
-    tracing::info!(%peer, status = status.as_str(), %reason, "tunnel refused");
-    let _ = respond(stream, status, &reason).await;
-    let _ = stream.shutdown().await;
-    let rec = AuditRecord::new(AuditKind::TunnelRefused)
-        .client_addr(peer)
-        .outcome(status.as_str())
-        .reason(reason);
     let _ = shared.audit.record(rec).await;
 }
 

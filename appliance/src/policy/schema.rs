@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::kinds::KindSettings;
+
 /// A validated policy bundle (not yet proven signed: see `VerifiedPolicy`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -99,7 +101,7 @@ impl std::fmt::Display for ConnectionKind {
 }
 
 /// One reachable upstream and who may reach it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Connection {
     /// A DNS label, unique in the bundle: `[a-z0-9-]{1,63}`, no leading/trailing `-`.
     pub name: String,
@@ -115,6 +117,8 @@ pub struct Connection {
     /// Role (e.g. `password`) -> name of a secret in the appliance's store.
     pub secrets: BTreeMap<String, String>,
     pub description: Option<String>,
+    /// The kind's own settings (`[connection.<kind>]`).
+    pub settings: KindSettings,
 }
 
 impl Policy {
@@ -173,4 +177,7 @@ pub(super) struct RawConnection {
     pub allow_groups: Vec<String>,
     pub secrets: Option<Spanned<BTreeMap<String, String>>>,
     pub description: Option<String>,
+    pub postgres: Option<Spanned<toml::Table>>,
+    pub ssh: Option<Spanned<toml::Table>>,
+    pub http: Option<Spanned<toml::Table>>,
 }

@@ -295,7 +295,19 @@ impl Validator<'_> {
             }
         };
 
+        let settings = super::kinds::validate(
+            raw.kind,
+            super::kinds::RawKindTables {
+                postgres: raw.postgres,
+                ssh: raw.ssh,
+                http: raw.http,
+            },
+            &format!("connection {name:?}"),
+            &|span| self.line(span),
+        )?;
+
         Ok(Connection {
+            settings,
             name,
             kind: raw.kind,
             upstream,

@@ -11,13 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use tunnel_lite::relay::Relay;
 
-/// How a relayed session ended, for the audit record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionEnd {
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-    pub reason: String,
-}
+use super::SessionEnd;
 
 /// Connects to `host:port` within `timeout`, with TCP_NODELAY on.
 pub async fn connect_upstream(addr: &str, timeout: Duration) -> io::Result<TcpStream> {

@@ -14,6 +14,7 @@ fn conn(name: &str, users: &[&str], groups: &[&str], ports: &[u16]) -> Connectio
         allow_groups: groups.iter().map(|s| s.to_string()).collect(),
         secrets: BTreeMap::new(),
         description: None,
+        settings: KindSettings::Tcp,
     }
 }
 

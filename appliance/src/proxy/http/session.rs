@@ -1,0 +1,78 @@
+//! What every request of one HTTP session shares: the connection's
+//! settings, the upstream, the resolved credential headers, the identity
+//! asserter, the audit sink and the tasks of upgraded connections. Built
+//! once per tunnel stream from the [`SessionContext`].
+
+use std::net::SocketAddr;
+
+use http::{HeaderName, HeaderValue};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::assertion::{self, Asserter};
+use super::audit::AuditSink;
+use super::credentials;
+use super::template::RenderError;
+use super::upstream::{Target, Upstream};
+use crate::policy::kinds::http::HttpSettings;
+use crate::proxy::SessionContext;
+
+pub struct Session {
+    pub connection: String,
+    pub settings: HttpSettings,
+    pub peer: SocketAddr,
+    pub cancel: CancellationToken,
+    pub upstream: Upstream,
+    /// Injected headers, or why they could not be built (names only).
+    pub credentials: Result<Vec<(HeaderName, HeaderValue)>, RenderError>,
+    pub asserter: Option<Result<Asserter, String>>,
+    pub audit: AuditSink,
+    /// Upgraded (WebSocket) connections still being bridged.
+    pub tasks: TaskTracker,
+}
+
+impl Session {
+    pub fn new(
+        ctx: &SessionContext,
+        settings: HttpSettings,
+        audit: AuditSink,
+    ) -> Result<Session, String> {
+        let name = ctx.connection.name.clone();
+        let target = Target::new(
+            &name,
+            &ctx.connection.upstream,
+            &settings,
+            ctx.shared.cfg.upstream_connect_timeout,
+        )?;
+        let credentials =
+            credentials::resolve(&settings, &ctx.connection.secrets, &ctx.shared.secrets);
+        if let Err(e) = &credentials {
+            tracing::error!(connection = %name, error = %e, "HTTP credential unavailable; requests will be refused");
+        }
+        let asserter = settings.identity_assertion.as_ref().map(|a| {
+            let key = assertion::key_for(&ctx.shared.cfg)?;
+            Ok(Asserter::new(
+                key,
+                a.header.clone(),
+                a.ttl,
+                a.audience.clone().unwrap_or_else(|| name.clone()),
+                name.clone(),
+                ctx.identity.clone(),
+            ))
+        });
+        if let Some(Err(e)) = &asserter {
+            tracing::error!(connection = %name, error = %e, "identity assertion key unavailable");
+        }
+        Ok(Session {
+            connection: name,
+            settings,
+            peer: ctx.peer,
+            cancel: ctx.cancel.clone(),
+            upstream: Upstream::new(target),
+            credentials,
+            asserter,
+            audit,
+            tasks: TaskTracker::new(),
+        })
+    }
+}

@@ -138,6 +138,7 @@ fn info(shared: &Shared) -> Reply {
             dns_suffix: p.dns_suffix.clone(),
             issuer: p.identity.issuer.clone(),
             device_flow,
+            ssh_host_keys: crate::proxy::ssh::hostkey::public_lines(&shared.cfg.data_dir),
         },
     )
 }

@@ -63,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// List and export recorded SSH sessions (asciicast v2).
+    Recordings {
+        #[command(subcommand)]
+        command: appliance::proxy::ssh::RecordingsCommand,
+    },
     /// Print the SHA-256 fingerprint of the appliance's TLS certificate
     /// (generating the self-signed certificate if there is none yet).
     Fingerprint {
@@ -327,6 +332,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Recordings { command } => Ok(appliance::proxy::ssh::recordings_command(command)?),
         Command::Fingerprint { config } => {
             let cfg = RuntimeConfig::load(config.as_deref())?;
             ensure_private_dir(&cfg.data_dir)?;

@@ -25,7 +25,8 @@ use anyhow::{anyhow, Context, Result};
 use clap::Parser;
 
 use report::{
-    Calibration, Memory, Metric, Params, Phase, Report, ScaleRep, SetupInfo, Target, Versions, SETUPS,
+    Calibration, Memory, Metric, Params, Phase, Report, ScaleRep, SetupInfo, Target, Versions,
+    SETUPS,
 };
 use setups::{Bins, Socat, TunnelStack};
 use stats::{median, percentile};
@@ -373,7 +374,10 @@ async fn run(args: Args) -> Result<()> {
                 measure::ping_pong(addr, plan.rtt_warmup, plan.rtt_rounds),
             )
             .await?;
-            clock.add(&format!("round trips on one CPU, {setup}"), t.elapsed().as_secs_f64());
+            clock.add(
+                &format!("round trips on one CPU, {setup}"),
+                t.elapsed().as_secs_f64(),
+            );
             let (p50, p99) = (
                 percentile(&mut s, 50.0) as f64 / 1e3,
                 percentile(&mut s, 99.0) as f64 / 1e3,
@@ -449,8 +453,20 @@ async fn run(args: Args) -> Result<()> {
         Metric::new("bulk_down_gbps", "bulk down", "Gbit/s", true, &down),
         Metric::new("rtt_p50_us", "round trip p50", "us", false, &rtt50),
         Metric::new("rtt_p99_us", "round trip p99", "us", false, &rtt99),
-        Metric::new("rtt_1cpu_p50_us", "round trip p50, all on one CPU", "us", false, &pin50),
-        Metric::new("rtt_1cpu_p99_us", "round trip p99, all on one CPU", "us", false, &pin99),
+        Metric::new(
+            "rtt_1cpu_p50_us",
+            "round trip p50, all on one CPU",
+            "us",
+            false,
+            &pin50,
+        ),
+        Metric::new(
+            "rtt_1cpu_p99_us",
+            "round trip p99, all on one CPU",
+            "us",
+            false,
+            &pin99,
+        ),
         Metric::new("setup_p50_us", "connection setup p50", "us", false, &set50),
         Metric::new("setup_p99_us", "connection setup p99", "us", false, &set99),
     ];
@@ -576,7 +592,7 @@ async fn calibrate(
     cpus: &[usize],
 ) -> Result<Calibration> {
     let me = std::process::id();
-    let mut run = |client: usize, server: usize| async move {
+    let run = |client: usize, server: usize| async move {
         sysinfo::set_affinity(me, &cpus[client..=client])?;
         sysinfo::set_affinity(upstream_pid, &cpus[server..=server])?;
         let mut s = measure::ping_pong(upstream, plan.rtt_warmup, plan.rtt_rounds).await?;
@@ -640,7 +656,8 @@ fn targets(r: &Report) -> Vec<Target> {
     });
     let (a, d, t) = added("rtt_1cpu_p50_us");
     out.push(Target {
-        what: "round trip p50 added, every process on one CPU (diagnostic: no cross-CPU wake-ups)".into(),
+        what: "round trip p50 added, every process on one CPU (diagnostic: no cross-CPU wake-ups)"
+            .into(),
         target: "<= 40 us".into(),
         measured: format!("+{a:.1} us ({t:.1} vs direct {d:.1} us)"),
         pass: a <= 40.0,

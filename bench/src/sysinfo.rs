@@ -237,7 +237,9 @@ pub fn allowed_cpus() -> Vec<usize> {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+            return (0..std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1))
                 .collect();
         }
         (0..libc::CPU_SETSIZE as usize)
@@ -253,7 +255,11 @@ pub fn set_affinity(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
         .map_err(|e| anyhow::anyhow!("/proc/{pid}/task: {e}"))?;
     for task in tasks.flatten() {
-        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        else {
             continue;
         };
         // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.

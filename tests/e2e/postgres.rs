@@ -57,7 +57,7 @@ impl PgPath {
     pub fn psql(&self, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new("psql");
         cmd.env_remove("PGPASSWORD")
-            .env("PGPASSFILE", "/dev/null")
+            .env("PGPASSFILE", "/nonexistent/pgpass")
             .arg(self.conninfo("whoever", "postgres"))
             .args(["-X", "-v", "ON_ERROR_STOP=0"])
             .args(args);
@@ -144,10 +144,12 @@ async fn psql_script_meta_commands_copy_reconnect_and_error_recovery() {
 
     // \watch: iterations until interrupted; the interrupt goes through the
     // gateway as a cancel request.
+    let watch = dir.path().join("watch.sql");
+    std::fs::write(&watch, "SELECT 'tick' \\watch 0.1\n").unwrap();
     let mut child = std::process::Command::new("psql")
-        .env("PGPASSFILE", "/dev/null")
+        .env("PGPASSFILE", dir.path().join("no-pgpass"))
         .arg(p.conninfo("whoever", "postgres"))
-        .args(["-X", "-A", "-t", "-c", "SELECT 'tick' \\watch 0.1"])
+        .args(["-X", "-A", "-t", "-f", watch.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -176,7 +178,7 @@ async fn pgbench_in_all_three_protocol_modes() {
     let p = PgPath::start("", PASSWORD).await;
     let base = |args: &[&str]| {
         let mut c = Command::new("pgbench");
-        c.env("PGPASSFILE", "/dev/null")
+        c.env("PGPASSFILE", "/nonexistent/pgpass")
             .args(["-h", &p.at.ip().to_string(), "-p", "5432", "-U", "anyone"])
             .args(args)
             .arg("postgres");
@@ -280,7 +282,7 @@ async fn the_password_never_reaches_the_laptop_and_bad_input_is_refused() {
 async fn upstream_killed_mid_query_gives_the_client_an_error() {
     let p = PgPath::start("", PASSWORD).await;
     let mut child = std::process::Command::new("psql")
-        .env("PGPASSFILE", "/dev/null")
+        .env("PGPASSFILE", "/nonexistent/pgpass")
         .arg(p.conninfo("whoever", "postgres"))
         .args(["-X", "-c", "select pg_sleep(30)"])
         .stdout(std::process::Stdio::piped())

@@ -106,7 +106,7 @@ async fn route(req: Request<Incoming>) -> Response<BoxBody> {
             });
             Response::builder()
                 .header("content-type", "application/octet-stream")
-                .body(StreamBody::new(stream).boxed())
+                .body(BodyExt::boxed(StreamBody::new(stream)))
                 .expect("response")
         }
         "/slow" => {
@@ -127,7 +127,7 @@ async fn route(req: Request<Incoming>) -> Response<BoxBody> {
                     i + 1,
                 ))
             });
-            Response::new(StreamBody::new(stream).boxed())
+            Response::new(BodyExt::boxed(StreamBody::new(stream)))
         }
         "/ws" => websocket(req).await,
         p if p.starts_with("/echo") => echo(req).await,
@@ -208,14 +208,43 @@ async fn websocket(mut req: Request<Incoming>) -> Response<BoxBody> {
 
 const CHUNK: usize = 64 * 1024;
 
-/// `len` bytes of the deterministic test pattern starting at `offset`.
+/// `len` bytes of the deterministic test pattern starting at `offset`: 64 KiB
+/// blocks of one pseudo-random block, each tagged with its index in its
+/// first 8 bytes (cheap to generate, and a misplaced block changes the hash).
 pub fn pattern_chunk(offset: u64, len: usize) -> Vec<u8> {
-    (0..len as u64)
-        .map(|i| {
-            let x = offset + i;
-            (x.wrapping_mul(2_654_435_761) >> 13) as u8 ^ (x >> 20) as u8
-        })
-        .collect()
+    let base = base_block();
+    let mut out = Vec::with_capacity(len);
+    let mut pos = offset;
+    while out.len() < len {
+        let block = pos / CHUNK as u64;
+        let within = (pos % CHUNK as u64) as usize;
+        let take = (CHUNK - within).min(len - out.len());
+        let start = out.len();
+        out.extend_from_slice(&base[within..within + take]);
+        let tag = block.to_be_bytes();
+        for (i, t) in tag.iter().enumerate() {
+            if i >= within && i < within + take {
+                out[start + i - within] = *t;
+            }
+        }
+        pos += take as u64;
+    }
+    out
+}
+
+fn base_block() -> &'static [u8] {
+    static BASE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BASE.get_or_init(|| {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        (0..CHUNK)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    })
 }
 
 /// Writes `n` pattern bytes to `path` (streamed); returns their SHA-256 (hex).

@@ -50,6 +50,9 @@ pub struct InfoResponse {
     pub dns_suffix: String,
     pub issuer: String,
     pub device_flow: Option<DeviceFlowInfo>,
+    /// The appliance's SSH host public keys (`ssh-ed25519 AAAA...`), for known_hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_host_keys: Vec<String>,
 }
 
 /// Every error body: a stable code and a sentence for the person.

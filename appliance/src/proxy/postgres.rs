@@ -37,6 +37,10 @@ use crate::policy::{KindSettings, PostgresSettings};
 /// Whether this build serves the kind.
 pub const SERVED: bool = true;
 
+/// After the client's Terminate, how long the server may take to finish
+/// sending (and close) before the session is torn down.
+const CLIENT_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn end(reason: impl Into<String>, up: u64, down: u64) -> SessionEnd {
     SessionEnd {
         bytes_up: up,
@@ -306,18 +310,25 @@ async fn run_relay(
     let outcome = {
         let up = relay::pump(&mut cr, &mut uw, &mut cbuf, Direction::Up, shared, flush_audit);
         let down = relay::pump(&mut ur, &mut cw, &mut ubuf, Direction::Down, shared, flush_audit);
+        tokio::pin!(up, down);
+        let down_stop = |s: Stop| match s {
+            Stop::Closed => RelayEnd::UpstreamClosed,
+            Stop::Protocol(e) => RelayEnd::UpstreamProtocol(e),
+            Stop::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => RelayEnd::UpstreamClosed,
+            Stop::Io(e) => RelayEnd::Io(e),
+        };
         tokio::select! {
-            s = up => match s {
-                Stop::Closed => RelayEnd::ClientClosed,
+            s = &mut up => match s {
+                // The client is done (Terminate or end of stream): let what the
+                // server still sends reach it, then end.
+                Stop::Closed => {
+                    let _ = tokio::time::timeout(CLIENT_CLOSE_GRACE, &mut down).await;
+                    RelayEnd::ClientClosed
+                }
                 Stop::Protocol(e) => RelayEnd::ClientProtocol(e),
                 Stop::Io(e) => RelayEnd::Io(e),
             },
-            s = down => match s {
-                Stop::Closed => RelayEnd::UpstreamClosed,
-                Stop::Protocol(e) => RelayEnd::UpstreamProtocol(e),
-                Stop::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => RelayEnd::UpstreamClosed,
-                Stop::Io(e) => RelayEnd::Io(e),
-            },
+            s = &mut down => down_stop(s),
             _ = ctx.cancel.cancelled() => RelayEnd::Cancelled,
         }
     };

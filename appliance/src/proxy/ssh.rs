@@ -1,23 +1,322 @@
-//! `kind = "ssh"` gateway (being written; not served by this build yet).
+//! `kind = "ssh"`: an SSH gateway. The laptop's `ssh` talks SSH to the
+//! appliance over the tunnel stream (russh server, the appliance's own host
+//! key, no client credential: the person is the tunnel identity); the
+//! appliance talks SSH to the upstream over the TCP connection the gate
+//! opened (russh client, pinned host key, credential from the secret store,
+//! the account from `[connection.ssh]`), and bridges channels between the
+//! two: session channels (pty, shell, exec, env, signals, exit status,
+//! subsystems such as sftp) and `direct-tcpip` when the policy allows it.
+//!
+//! Layout: `server` (laptop-side callbacks), `upstream` (client and login),
+//! `bridge` (one task per channel), `lane` (laptop -> upstream flow control),
+//! `record` (asciicast files and the `recordings` CLI), `sftp` (SFTP codec
+//! for the audit), `controls` (pure decisions), `hostkey`, `stream`.
+//!
+//! Must not: decide whether the person may connect (the gate did), let the
+//! upstream credential reach the laptop or a log, or buffer without bound.
+//! Known limit: within one SSH connection, a channel whose upstream stops
+//! reading eventually pauses the connection's other channels (russh offers
+//! no per-channel window control); separate connections are independent.
+
+mod bridge;
+pub mod controls;
+pub mod hostkey;
+mod lane;
+pub mod record;
+mod server;
+pub mod sftp;
+mod stream;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
+use russh::{Preferred, Sig};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use record::{run_command as recordings_command, RecordingError, RecordingsCommand};
 
 use super::{SessionContext, SessionEnd, TunnelStream};
+use crate::audit::{AuditKind, AuditRecord};
+use crate::identity::Identity;
+use crate::policy::{Connection, KindSettings, SshSettings};
+use crate::server::Shared;
+use lane::Pressure;
+use stream::{Counters, Guarded};
+use upstream::{UpstreamError, UpstreamHandle};
 
 /// Whether this build serves the kind.
-pub const SERVED: bool = false;
+pub const SERVED: bool = true;
+
+/// SSH channel window offered to both peers.
+const WINDOW: u32 = 2 * 1024 * 1024;
+/// Largest SSH packet payload accepted.
+const MAX_PACKET: u32 = 32 * 1024;
+/// Messages russh queues per upstream channel before it stops reading.
+const CHANNEL_BUFFER: usize = 32;
+/// How long session end waits for channel tasks to write their audit records.
+const DRAIN: Duration = Duration::from_secs(2);
+
+type UpstreamState = Option<Result<Arc<UpstreamHandle>, String>>;
+
+/// One SSH connection: what every channel task of it shares.
+pub(crate) struct Conn {
+    pub shared: Arc<Shared>,
+    pub identity: Identity,
+    pub connection: Connection,
+    pub settings: SshSettings,
+    pub session_id: String,
+    peer: SocketAddr,
+    port: u16,
+    policy_version: Option<u64>,
+    upstream: watch::Receiver<UpstreamState>,
+    /// Fires when the session ends for any reason; streams and tasks stop.
+    pub kill: CancellationToken,
+    pub pressure: Arc<Pressure>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    seq: AtomicU32,
+}
+
+impl Conn {
+    /// An audit record pre-filled with who, what and where.
+    pub fn audit(&self, kind: AuditKind) -> AuditRecord {
+        let mut r = AuditRecord::new(kind)
+            .user(self.identity.user.clone())
+            .groups(self.identity.groups.iter().cloned())
+            .connection(self.connection.name.clone())
+            .session(self.session_id.clone())
+            .client_addr(self.peer)
+            .port(self.port);
+        if let Some(v) = self.policy_version {
+            r = r.policy_version(v);
+        }
+        r
+    }
+
+    /// Writes an audit record (waiting for queue space, never dropping it).
+    pub async fn record(&self, rec: AuditRecord) {
+        if let Err(e) = self.shared.audit.record(rec).await {
+            tracing::error!(error = %e, "ssh audit record lost");
+        }
+    }
+
+    /// Runs `f` on its own task, tracked so session end can wait for it.
+    pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
+        let h = tokio::spawn(f);
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(h);
+    }
+
+    /// A number unique within the connection (recording ids).
+    pub fn next_seq(&self) -> u32 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The logged-in upstream, once ready; the reason if it is unusable.
+    pub async fn upstream(&self) -> Result<Arc<UpstreamHandle>, String> {
+        let mut rx = self.upstream.clone();
+        let state: Option<UpstreamState> = tokio::select! {
+            r = rx.wait_for(Option::is_some) => r.ok().map(|v| v.clone()),
+            _ = self.kill.cancelled() => return Err("the session is closing".into()),
+        };
+        match state {
+            Some(Some(r)) => r,
+            _ => Err("the upstream connection ended".into()),
+        }
+    }
+}
 
 /// Serves one admitted session.
 pub async fn serve(
-    _stream: TunnelStream,
-    _upstream: Option<TcpStream>,
-    _pending: Bytes,
-    _ctx: &SessionContext,
+    stream: TunnelStream,
+    upstream: Option<TcpStream>,
+    pending: Bytes,
+    ctx: &SessionContext,
 ) -> SessionEnd {
-    SessionEnd {
-        bytes_up: 0,
-        bytes_down: 0,
-        reason: "kind ssh is not served by this build".into(),
+    let counters = Arc::new(Counters::default());
+    let end = |reason: String| SessionEnd {
+        bytes_up: counters.read(),
+        bytes_down: counters.written(),
+        reason,
+    };
+    let settings = match &ctx.connection.settings {
+        KindSettings::Ssh(s) => s.clone(),
+        _ => SshSettings::default(),
+    };
+    let host_key = match hostkey::load_or_generate(&ctx.shared.cfg.data_dir) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = %e, "ssh gateway has no host key");
+            return end(e.to_string());
+        }
+    };
+    let Some(upstream_tcp) = upstream else {
+        return end("no upstream connection".into());
+    };
+    let kill = ctx.cancel.child_token();
+    let (up_tx, up_rx) = watch::channel(None);
+    let conn = Arc::new(Conn {
+        shared: ctx.shared.clone(),
+        identity: ctx.identity.clone(),
+        connection: ctx.connection.clone(),
+        settings: settings.clone(),
+        session_id: ctx.session_id.clone(),
+        peer: ctx.peer,
+        port: ctx.port,
+        policy_version: ctx.policy_version,
+        upstream: up_rx,
+        kill: kill.clone(),
+        pressure: Arc::new(Pressure::default()),
+        tasks: Mutex::new(Vec::new()),
+        seq: AtomicU32::new(0),
+    });
+    let up_stream = Guarded::new(upstream_tcp, Bytes::new(), kill.clone(), Arc::default());
+    conn.spawn(connect_upstream(conn.clone(), up_stream, up_tx));
+
+    let tunnel = Guarded::new(stream, pending, kill.clone(), counters.clone());
+    let config = Arc::new(server_config((*host_key).clone(), &settings));
+    let front = server::Front::new(conn.clone());
+    let reason = tokio::select! {
+        r = russh::server::run_stream(config, tunnel, front) => match r {
+            Ok(running) => {
+                let handle = running.handle();
+                tokio::select! {
+                    r = running => match r {
+                        Ok(()) => "client closed".to_string(),
+                        Err(e) => format!("ssh session ended: {e}"),
+                    },
+                    _ = ctx.cancel.cancelled() => {
+                        // Tell the client why, briefly; the streams die right after.
+                        let bye = handle.disconnect(
+                            russh::Disconnect::ByApplication,
+                            "closed by the access appliance (access revoked or appliance shutting down)".into(),
+                            "en".into(),
+                        );
+                        let _ = tokio::time::timeout(Duration::from_millis(200), bye).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        "closed by the appliance".to_string()
+                    }
+                }
+            }
+            Err(e) => format!("ssh handshake failed: {e}"),
+        },
+        _ = ctx.cancel.cancelled() => "closed by the appliance".to_string(),
+    };
+    kill.cancel();
+    let tasks = std::mem::take(&mut *conn.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+    let drain = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN, drain).await;
+    end(reason)
+}
+
+/// Logs in upstream and publishes the outcome to the channel tasks.
+async fn connect_upstream(
+    conn: Arc<Conn>,
+    stream: Guarded<TcpStream>,
+    tx: watch::Sender<UpstreamState>,
+) {
+    let result = login(&conn, stream).await;
+    let state = match result {
+        Ok(h) => Ok(Arc::new(h)),
+        Err(e) => {
+            tracing::warn!(session = %conn.session_id, connection = %conn.connection.name, error = %e, "ssh upstream refused");
+            let mut rec = conn
+                .audit(AuditKind::SshUpstreamRefused)
+                .outcome(e.outcome())
+                .reason(e.to_string());
+            if let UpstreamError::HostKeyMismatch { presented, expected } = &e {
+                rec = rec.detail(serde_json::json!({ "presented": presented, "expected": expected }));
+            }
+            conn.record(rec).await;
+            Err(e.to_string())
+        }
+    };
+    let _ = tx.send(Some(state));
+}
+
+async fn login(conn: &Conn, stream: Guarded<TcpStream>) -> Result<UpstreamHandle, UpstreamError> {
+    let Some(user) = conn.settings.user.clone() else {
+        return Err(UpstreamError::NotConfigured(conn.connection.name.clone()));
+    };
+    let credential = upstream::credential(&conn.connection, &conn.shared.secrets)?;
+    let secret_name = conn
+        .connection
+        .secrets
+        .get("private_key")
+        .cloned()
+        .unwrap_or_default();
+    let login = upstream::establish(stream, &conn.settings, &user, credential, &secret_name);
+    tokio::select! {
+        r = tokio::time::timeout(Duration::from_secs(30), login) => match r {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Protocol("no answer from the upstream within 30 s".into())),
+        },
+        _ = conn.kill.cancelled() => Err(UpstreamError::Protocol("the session ended".into())),
     }
+}
+
+/// Algorithm preferences for both legs.
+fn preferred() -> Preferred {
+    Preferred::default()
+}
+
+fn server_config(key: russh::keys::PrivateKey, settings: &SshSettings) -> russh::server::Config {
+    use russh::{MethodKind, MethodSet};
+    let methods = MethodSet::from(
+        &[
+            MethodKind::None,
+            MethodKind::PublicKey,
+            MethodKind::Password,
+        ][..],
+    );
+    let keepalive =
+        (settings.keepalive_secs > 0).then(|| Duration::from_secs(settings.keepalive_secs));
+    russh::server::Config {
+        server_id: russh::SshId::Standard("SSH-2.0-hoop_appliance".into()),
+        methods,
+        auth_rejection_time: Duration::ZERO,
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![key],
+        window_size: WINDOW,
+        maximum_packet_size: MAX_PACKET,
+        channel_buffer_size: CHANNEL_BUFFER,
+        event_buffer_size: 64,
+        inactivity_timeout: None,
+        keepalive_interval: keepalive,
+        keepalive_max: 3,
+        nodelay: true,
+        preferred: preferred(),
+        ..Default::default()
+    }
+}
+
+/// A signal's SSH name (`TERM`, `KILL`, ...).
+pub(crate) fn signal_name(sig: &Sig) -> String {
+    match sig {
+        Sig::ABRT => "ABRT",
+        Sig::ALRM => "ALRM",
+        Sig::FPE => "FPE",
+        Sig::HUP => "HUP",
+        Sig::ILL => "ILL",
+        Sig::INT => "INT",
+        Sig::KILL => "KILL",
+        Sig::PIPE => "PIPE",
+        Sig::QUIT => "QUIT",
+        Sig::SEGV => "SEGV",
+        Sig::TERM => "TERM",
+        Sig::USR1 => "USR1",
+        Sig::Custom(c) => c.as_str(),
+    }
+    .to_string()
 }

@@ -14,7 +14,7 @@ fn policy(http: &str) -> String {
 [identity]
 issuer = "https://idp.test"
 audience = "appliance"
-jwks = '{{"keys":[]}}'
+jwks = '{{"keys":[{{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"test"}}]}}'
 
 [[connection]]
 name = "grafana"

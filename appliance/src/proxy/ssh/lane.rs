@@ -245,20 +245,20 @@ mod tests {
         FrontEvent::Data(Bytes::from(vec![0u8; n]))
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn push_waits_when_full_and_resumes_when_drained() {
         let p = Arc::new(Pressure::default());
         let (tx, mut rx) = lane(p.clone(), CancellationToken::new());
         for _ in 0..(LANE_BYTES / 32768) {
             tx.push(data(32768)).await.unwrap();
         }
-        let blocked = tokio::time::timeout(Duration::from_secs(1), tx.push(data(32768))).await;
+        let blocked = tokio::time::timeout(Duration::from_millis(200), tx.push(data(32768))).await;
         assert!(blocked.is_err(), "a full lane must not take more");
         assert!(rx.recv().await.is_some());
         tx.push(data(32768)).await.unwrap();
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn overflow_only_while_the_other_direction_is_stuck() {
         let p = Arc::new(Pressure::default());
         let (tx, _rx) = lane(p.clone(), CancellationToken::new());
@@ -270,17 +270,17 @@ mod tests {
         let stuck = tokio::spawn(async move { p2.track(std::future::pending::<()>()).await });
         tokio::time::sleep(STALL * 2).await;
         for _ in 0..(OVERFLOW_BYTES / 32768) {
-            tokio::time::timeout(Duration::from_secs(1), tx.push(data(32768)))
+            tokio::time::timeout(Duration::from_millis(200), tx.push(data(32768)))
                 .await
                 .expect("overflow admits")
                 .unwrap();
         }
-        let over = tokio::time::timeout(Duration::from_secs(1), tx.push(data(32768))).await;
+        let over = tokio::time::timeout(Duration::from_millis(200), tx.push(data(32768))).await;
         assert!(over.is_err(), "overflow is bounded");
         stuck.abort();
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn killed_session_stops_waiting_and_dropped_bridge_swallows() {
         let p = Arc::new(Pressure::default());
         let kill = CancellationToken::new();

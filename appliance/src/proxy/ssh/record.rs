@@ -8,7 +8,7 @@
 //! U+FFFD.
 
 use std::io::{self, BufRead, Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

@@ -19,8 +19,8 @@ mod tests;
 
 use std::path::PathBuf;
 
-pub use kinds::{HttpSettings, KindSettings, PostgresSettings, SshSettings};
 pub use decide::{authorize, visible_connections, Denial, ANY_USER};
+pub use kinds::{HttpSettings, KindSettings, PostgresSettings, SshSettings};
 pub use loader::{LoadOutcome, PolicyLoader, POLICY_FILE, POLICY_SIGNATURE_FILE};
 pub use schema::{
     Connection, ConnectionKind, DeviceFlowConfig, IdentityConfig, JwksSource, Policy,

@@ -106,7 +106,9 @@ pub async fn serve(
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
             end
         }
-        (ConnectionKind::Postgres, upstream) => postgres::serve(stream, upstream, pending, ctx).await,
+        (ConnectionKind::Postgres, upstream) => {
+            postgres::serve(stream, upstream, pending, ctx).await
+        }
         (ConnectionKind::Ssh, upstream) => ssh::serve(stream, upstream, pending, ctx).await,
         (ConnectionKind::Http, upstream) => http::serve(stream, upstream, pending, ctx).await,
         (kind, None) => SessionEnd {

@@ -93,22 +93,29 @@ async fn http_records(app: &ApplianceFixture, name: &str) -> Vec<StoredRecord> {
 }
 
 /// Checks the identity assertion with the JWKS fetched from the appliance's API.
-async fn verify_assertion(app: &ApplianceFixture, token: &str, audience: &str) -> serde_json::Value {
+async fn verify_assertion(
+    app: &ApplianceFixture,
+    token: &str,
+    audience: &str,
+) -> serde_json::Value {
     let trust = tunnel_lite::tls::Trust::Pinned(
         tunnel_lite::tls::parse_fingerprint(&app.fingerprint).expect("fingerprint"),
     );
     let tls = tunnel_lite::tls::client_config(&trust, b"http/1.1").expect("tls config");
     let url = format!("https://{}/.well-known/jwks.json", app.addr);
-    let resp = tunnel_lite::http::request("GET", &url, &[], None, Some(tls), Duration::from_secs(5))
-        .await
-        .expect("GET jwks");
+    let resp =
+        tunnel_lite::http::request("GET", &url, &[], None, Some(tls), Duration::from_secs(5))
+            .await
+            .expect("GET jwks");
     assert_eq!(resp.status, 200);
     let jwks: jsonwebtoken::jwk::JwkSet = resp.json().expect("JWK set");
     let kid = jsonwebtoken::decode_header(token)
         .expect("JWT header")
         .kid
         .expect("kid");
-    let jwk = jwks.find(&kid).expect("assertion key published in the JWKS");
+    let jwk = jwks
+        .find(&kid)
+        .expect("assertion key published in the JWKS");
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("decoding key");
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
     v.set_audience(&[audience]);
@@ -158,36 +165,62 @@ paths = ["/echo/admin/**"]"#,
         at_app,
         &name,
         "/echo/get?x=1",
-        &["-v", "-H", "Authorization: Bearer forged", "-H", "Cookie: s=1", "-H", "X-Api-Key: forged"],
+        &[
+            "-v",
+            "-H",
+            "Authorization: Bearer forged",
+            "-H",
+            "Cookie: s=1",
+            "-H",
+            "X-Api-Key: forged",
+        ],
     );
     seen += &(r.body.clone() + &r.stderr);
     assert_eq!(r.status, 200, "{}", r.stderr);
     let v = json(&r);
     let h = &v["headers"];
     let hash = |s: &str| format!("sha256:{}", http_upstream::sha256_hex(s.as_bytes()));
-    assert_eq!(h["authorization"], serde_json::json!([hash(&format!("Bearer {APP_TOKEN}"))]));
+    assert_eq!(
+        h["authorization"],
+        serde_json::json!([hash(&format!("Bearer {APP_TOKEN}"))])
+    );
     assert_eq!(h["x-api-key"], serde_json::json!([hash(ORG_KEY)]));
-    assert!(h.get("cookie").is_none(), "cookie reached the upstream: {h}");
+    assert!(
+        h.get("cookie").is_none(),
+        "cookie reached the upstream: {h}"
+    );
     assert_eq!(h["host"][0], up);
     assert_eq!(h["x-forwarded-host"][0], format!("{name}.hoop"));
     assert_eq!(h["x-forwarded-proto"][0], "http");
     assert_eq!(h["x-forwarded-for"][0], "127.0.0.1");
     assert_eq!(v["query"], "x=1");
-    let jwt = h["x-appliance-identity"][0].as_str().expect("assertion header");
+    let jwt = h["x-appliance-identity"][0]
+        .as_str()
+        .expect("assertion header");
     let claims = verify_assertion(&app, jwt, &name).await;
     assert_eq!(claims["sub"], "alice@example.com");
     assert_eq!(claims["groups"], serde_json::json!(["dev"]));
     assert_eq!(claims["connection"], name.as_str());
 
     // POST, PUT with Expect: 100-continue, chunked upload, DELETE.
-    let r = curl(at_app, &name, "/echo/post", &["--data-binary", "hello", "-H", "Content-Type: text/plain"]);
+    let r = curl(
+        at_app,
+        &name,
+        "/echo/post",
+        &["--data-binary", "hello", "-H", "Content-Type: text/plain"],
+    );
     assert_eq!((r.status, json(&r)["method"].as_str()), (200, Some("POST")));
     assert_eq!(json(&r)["body_bytes"], 5);
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("two-mb.bin");
     let sha = http_upstream::write_pattern_file(&file, 2 << 20);
     let f = file.to_str().expect("path");
-    let r = curl(at_app, &name, "/echo/put", &["-T", f, "-H", "Expect: 100-continue", "-v"]);
+    let r = curl(
+        at_app,
+        &name,
+        "/echo/put",
+        &["-T", f, "-H", "Expect: 100-continue", "-v"],
+    );
     assert_eq!(r.status, 200, "{}", r.stderr);
     assert!(r.stderr.contains("HTTP/1.1 100 Continue"), "{}", r.stderr);
     assert_eq!(json(&r)["method"], "PUT");
@@ -196,11 +229,19 @@ paths = ["/echo/admin/**"]"#,
         at_app,
         &name,
         "/echo/chunked",
-        &["--data-binary", &format!("@{f}"), "-H", "Transfer-Encoding: chunked"],
+        &[
+            "--data-binary",
+            &format!("@{f}"),
+            "-H",
+            "Transfer-Encoding: chunked",
+        ],
     );
     assert_eq!(json(&r)["body_sha256"], sha.as_str());
     let r = curl(at_app, &name, "/echo/thing/7", &["-X", "DELETE"]);
-    assert_eq!((r.status, json(&r)["method"].as_str()), (200, Some("DELETE")));
+    assert_eq!(
+        (r.status, json(&r)["method"].as_str()),
+        (200, Some("DELETE"))
+    );
     let r = curl(at_app, &name, "/echo/ten", &["--http1.0"]);
     assert_eq!((r.status, json(&r)["method"].as_str()), (200, Some("GET")));
 
@@ -208,12 +249,22 @@ paths = ["/echo/admin/**"]"#,
     let r = curl(at_app, &name, "/echo/admin/users", &["-X", "DELETE"]);
     seen += &r.body;
     assert_eq!(r.status, 403);
-    assert!(r.body.contains("denied by rule \"no-admin-deletes\""), "{}", r.body);
+    assert!(
+        r.body.contains("denied by rule \"no-admin-deletes\""),
+        "{}",
+        r.body
+    );
     let r = curl(
         at_app,
         &name,
         "/echo//admin/./x/../users",
-        &["-X", "DELETE", "--path-as-is", "-H", "Accept: application/json"],
+        &[
+            "-X",
+            "DELETE",
+            "--path-as-is",
+            "-H",
+            "Accept: application/json",
+        ],
     );
     assert_eq!(r.status, 403);
     assert_eq!(json(&r)["error"], "denied");
@@ -222,7 +273,11 @@ paths = ["/echo/admin/**"]"#,
     let r = curl(at[&nocred], &nocred, "/echo/x", &[]);
     seen += &r.body;
     assert_eq!(r.status, 500);
-    assert!(r.body.contains("no secret named \"missing_secret\""), "{}", r.body);
+    assert!(
+        r.body.contains("no secret named \"missing_secret\""),
+        "{}",
+        r.body
+    );
 
     // One audit record per request, with method, path (no query), status, bytes.
     assert!(e2e::eventually(Duration::from_secs(5), || app.live_sessions() == 0).await);
@@ -243,7 +298,10 @@ paths = ["/echo/admin/**"]"#,
     assert_eq!(find("PUT", "/echo/put").record.bytes_up, Some(2 << 20));
     let denied = find("DELETE", "/echo/admin/users");
     assert_eq!(denied.record.outcome.as_deref(), Some("denied"));
-    assert_eq!(denied.record.detail.as_ref().expect("detail")["rule"], "no-admin-deletes");
+    assert_eq!(
+        denied.record.detail.as_ref().expect("detail")["rule"],
+        "no-admin-deletes"
+    );
     assert_eq!(recs.len(), 8, "{recs:#?}");
 
     // The secrets never reached the client, the audit trail or tunnel-lite's log.
@@ -308,7 +366,11 @@ async fn large_bodies_stream_both_ways() {
         let r = curl(at[name.as_str()], name, &path, &["-o", o]);
         assert_eq!(r.status, 200, "{}", r.stderr);
         assert_eq!(std::fs::metadata(&out).expect("download").len(), SIZE);
-        assert_eq!(http_upstream::file_sha256(&out), sha, "download from {name}");
+        assert_eq!(
+            http_upstream::file_sha256(&out),
+            sha,
+            "download from {name}"
+        );
     }
     // Nothing held a whole body: this process's peak memory barely moved.
     let grew_mib = vm_hwm_kib().saturating_sub(before) / 1024;
@@ -346,7 +408,8 @@ async fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
                 .lines()
                 .find_map(|l| {
                     let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
                 })
                 .unwrap_or(0);
             if buf.len() >= end + 4 + len {
@@ -357,7 +420,11 @@ async fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
             .await
             .expect("response within 10 s")
             .expect("read");
-        assert!(n > 0, "connection closed mid-response: {}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed mid-response: {}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     }
 }
@@ -381,7 +448,13 @@ async fn keep_alive_http10_malformed_and_limits() {
     let one = format!("url = \"http://{name}.hoop/small\"\noutput = \"/dev/null\"\n");
     std::fs::write(&cfg, one.repeat(1000)).expect("curl config");
     let out = Command::new("curl")
-        .args(["-sS", "--max-time", "60", "-w", "%{num_connects} %{http_code}\n"])
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-w",
+            "%{num_connects} %{http_code}\n",
+        ])
         .arg("--resolve")
         .arg(format!("{name}.hoop:80:{}", at.ip()))
         .arg("-K")
@@ -392,7 +465,12 @@ async fn keep_alive_http10_malformed_and_limits() {
         .lines()
         .map(str::to_string)
         .collect();
-    assert_eq!(lines.len(), 1000, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        lines.len(),
+        1000,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(lines.iter().all(|l| l.ends_with(" 200")), "{lines:?}");
     let connects: u32 = lines
         .iter()
@@ -404,14 +482,19 @@ async fn keep_alive_http10_malformed_and_limits() {
     let r = curl(at, &name, "/small", &["--http1.0"]);
     assert_eq!((r.status, r.body.as_str()), (200, "hello\n"));
     let mut s = TcpStream::connect(at).await.expect("connect");
-    s.write_all(b"GET /small HTTP/1.0\r\nHost: x\r\n\r\n").await.expect("write");
+    s.write_all(b"GET /small HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
     let mut all = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all))
         .await
         .expect("closed after an HTTP/1.0 response")
         .expect("read");
     let text = String::from_utf8_lossy(&all);
-    assert!(text.starts_with("HTTP/1.") && text.contains(" 200 ") && text.ends_with("hello\n"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.") && text.contains(" 200 ") && text.ends_with("hello\n"),
+        "{text}"
+    );
 
     // Malformed requests get a 400 and the connection closes; the gateway keeps serving.
     for bad in [
@@ -424,7 +507,11 @@ async fn keep_alive_http10_malformed_and_limits() {
         let mut all = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await;
         let text = String::from_utf8_lossy(&all);
-        assert!(text.starts_with("HTTP/1.1 400"), "{:?} -> {text}", String::from_utf8_lossy(bad));
+        assert!(
+            text.starts_with("HTTP/1.1 400"),
+            "{:?} -> {text}",
+            String::from_utf8_lossy(bad)
+        );
     }
     let r = curl(at, &name, "/small", &[]);
     assert_eq!((r.status, r.body.as_str()), (200, "hello\n"));
@@ -433,7 +520,11 @@ async fn keep_alive_http10_malformed_and_limits() {
     let big = format!("X-Big: {}", "a".repeat(10_000));
     let r = curl(at, &name, "/small", &["-H", &big]);
     assert_eq!(r.status, 431);
-    assert!(r.body.contains("max_header_bytes") && r.body.contains("8192"), "{}", r.body);
+    assert!(
+        r.body.contains("max_header_bytes") && r.body.contains("8192"),
+        "{}",
+        r.body
+    );
 
     // The 1,000 requests are audited in one session; the malformed ones too.
     assert!(e2e::eventually(Duration::from_secs(5), || app.live_sessions() == 0).await);
@@ -446,7 +537,10 @@ async fn keep_alive_http10_malformed_and_limits() {
     }
     assert!(per_session.values().any(|&n| n == 1000), "{per_session:?}");
     assert!(
-        recs.iter().filter(|r| r.record.outcome.as_deref() == Some("malformed")).count() >= 3,
+        recs.iter()
+            .filter(|r| r.record.outcome.as_deref() == Some("malformed"))
+            .count()
+            >= 3,
         "malformed requests not audited"
     );
     tl.stop().await;
@@ -464,13 +558,21 @@ async fn websocket_and_revocation() {
 
     // A WebSocket echo round trip with a real client library.
     let url = format!("ws://{name}.hoop/ws");
-    let (mut ws, resp) = tokio_tungstenite::client_async(url.as_str(), TcpStream::connect(at).await.expect("connect"))
-        .await
-        .expect("websocket handshake through the gateway");
+    let (mut ws, resp) = tokio_tungstenite::client_async(
+        url.as_str(),
+        TcpStream::connect(at).await.expect("connect"),
+    )
+    .await
+    .expect("websocket handshake through the gateway");
     assert_eq!(resp.status(), 101);
-    ws.send(Message::text("hello over the tunnel")).await.expect("send");
+    ws.send(Message::text("hello over the tunnel"))
+        .await
+        .expect("send");
     let got = ws.next().await.expect("a message").expect("ok");
-    assert_eq!(got.into_text().expect("text").as_str(), "hello over the tunnel");
+    assert_eq!(
+        got.into_text().expect("text").as_str(),
+        "hello over the tunnel"
+    );
     let blob = http_upstream::pattern_chunk(0, 100_000);
     ws.send(Message::binary(blob.clone())).await.expect("send");
     let got = ws.next().await.expect("a message").expect("ok");
@@ -487,12 +589,17 @@ async fn websocket_and_revocation() {
 
     // Live sessions: an idle keep-alive connection, a WebSocket, a streaming response.
     let mut idle = TcpStream::connect(at).await.expect("connect");
-    idle.write_all(b"GET /echo/ka HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    idle.write_all(b"GET /echo/ka HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
     let (head, _) = read_response(&mut idle).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), TcpStream::connect(at).await.expect("connect"))
-        .await
-        .expect("websocket");
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        url.as_str(),
+        TcpStream::connect(at).await.expect("connect"),
+    )
+    .await
+    .expect("websocket");
     ws.send(Message::text("still here")).await.expect("send");
     assert!(ws.next().await.expect("echo").is_ok());
     let mut drip = TcpStream::connect(at).await.expect("connect");
@@ -505,9 +612,17 @@ async fn websocket_and_revocation() {
 
     let started = Instant::now();
     let out = app.cli(&["revoke", "--user", "erin", "--reason", "left the company"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    closed(&mut idle).await.expect("keep-alive connection still open 3 s after the revocation");
-    closed(&mut drip).await.expect("streaming response still open 3 s after the revocation");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    closed(&mut idle)
+        .await
+        .expect("keep-alive connection still open 3 s after the revocation");
+    closed(&mut drip)
+        .await
+        .expect("streaming response still open 3 s after the revocation");
     let ws_end = tokio::time::timeout(Duration::from_secs(3), async {
         loop {
             match ws.next().await {
@@ -517,10 +632,15 @@ async fn websocket_and_revocation() {
             }
         }
     });
-    ws_end.await.expect("WebSocket still open 3 s after the revocation");
+    ws_end
+        .await
+        .expect("WebSocket still open 3 s after the revocation");
     let elapsed = started.elapsed();
     // The CLI process itself takes part of this; the bound is the requirement's.
-    assert!(elapsed < Duration::from_millis(1500), "closed after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "closed after {elapsed:?}"
+    );
 
     assert!(e2e::eventually(Duration::from_secs(5), || app.live_sessions() == 0).await);
     let revoked = app
@@ -531,7 +651,11 @@ async fn websocket_and_revocation() {
         .count();
     assert_eq!(revoked, 3);
     let ends = app.audit(Some(AuditKind::WebsocketEnd)).await;
-    assert!(ends.iter().any(|r| r.record.reason.as_deref() == Some("closed by the appliance")), "{ends:#?}");
+    assert!(
+        ends.iter()
+            .any(|r| r.record.reason.as_deref() == Some("closed by the appliance")),
+        "{ends:#?}"
+    );
     tl.stop().await;
     app.stop().await;
 }
@@ -571,7 +695,9 @@ async fn upstream_failures_timeouts_and_https_h2() {
     let r = curl(at[&down], &down, "/", &[]);
     assert_eq!(r.status, 502);
     assert!(
-        r.body.contains(&format!("the upstream of \"{down}\" is unreachable")) && r.body.contains("refused"),
+        r.body
+            .contains(&format!("the upstream of \"{down}\" is unreachable"))
+            && r.body.contains("refused"),
         "{}",
         r.body
     );
@@ -589,22 +715,35 @@ async fn upstream_failures_timeouts_and_https_h2() {
 
     // HTTPS upstream verified with the policy's CA file and SNI; HTTP/2 by ALPN.
     let r = curl(at[&h2], &h2, "/protocol", &[]);
-    assert_eq!((r.status, r.body.as_str()), (200, "HTTP/2.0\n"), "{}", r.stderr);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "HTTP/2.0\n"),
+        "{}",
+        r.stderr
+    );
     let r = curl(at[&h2], &h2, "/files/small.txt", &[]);
     assert_eq!(r.body, "hello from nginx\n");
     let r = curl(at[&h1], &h1, "/protocol", &[]);
     assert_eq!((r.status, r.body.as_str()), (200, "HTTP/1.1\n"));
     let r = curl(at[&untrusted], &untrusted, "/protocol", &[]);
     assert_eq!(r.status, 502);
-    assert!(r.body.contains("TLS with the upstream") && r.body.contains("UnknownIssuer"), "{}", r.body);
+    assert!(
+        r.body.contains("TLS with the upstream") && r.body.contains("UnknownIssuer"),
+        "{}",
+        r.body
+    );
 
     assert!(e2e::eventually(Duration::from_secs(5), || app.live_sessions() == 0).await);
     let recs = http_records(&app, &h2).await;
+    assert!(recs.iter().any(|r| r
+        .record
+        .detail
+        .as_ref()
+        .is_some_and(|d| d["upstream_version"] == "HTTP/2")));
+    let recs = http_records(&app, &slow).await;
     assert!(recs
         .iter()
-        .any(|r| r.record.detail.as_ref().is_some_and(|d| d["upstream_version"] == "HTTP/2")));
-    let recs = http_records(&app, &slow).await;
-    assert!(recs.iter().any(|r| r.record.outcome.as_deref() == Some("upstream_timeout")));
+        .any(|r| r.record.outcome.as_deref() == Some("upstream_timeout")));
     tl.stop().await;
     app.stop().await;
     nginx.stop().await;

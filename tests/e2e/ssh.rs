@@ -1,0 +1,490 @@
+//! `kind = "ssh"` end to end: the real OpenSSH client (`ssh`, `scp`, `sftp`,
+//! `rsync`) through the real `tunnel-lite up` and the in-process appliance to
+//! a throw-away OpenSSH sshd. The laptop side has no key (the tunnel identity
+//! is the person); the appliance logs in upstream with a key from its secret
+//! store and checks the pinned upstream host key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use appliance::audit::{AuditKind, StoredRecord};
+use e2e::appliance::{policy_with, ApplianceFixture};
+use e2e::sshd::Sshd;
+use e2e::tunnel::TunnelLite;
+use e2e::{run, unique_name};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const USER: &str = "sam@example.com";
+
+/// One ssh connection through the gateway, ready to use.
+struct Gw {
+    sshd: Sshd,
+    app: ApplianceFixture,
+    tl: TunnelLite,
+    name: String,
+    at: SocketAddr,
+    tmp: tempfile::TempDir,
+}
+
+fn whoami() -> String {
+    String::from_utf8(run(&mut Command::new("whoami"), true).stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A `kind = "ssh"` connection table for `sshd` with extra `[connection.ssh]` lines.
+fn ssh_connection(name: &str, sshd: &Sshd, secret: &str, extra: &str) -> String {
+    format!(
+        "[[connection]]\nname = {name:?}\nkind = \"ssh\"\nupstream = {:?}\nports = [22]\n\
+         allow_users = [{USER:?}, \"erin\"]\n\n[connection.secrets]\nprivate_key = {secret:?}\n\n\
+         [connection.ssh]\nuser = {:?}\nhost_key = {:?}\n{extra}\n\n",
+        sshd.addr(),
+        whoami(),
+        sshd.host_fingerprint(),
+    )
+}
+
+/// A secrets file holding `keys` (name, private key file), mode 0600.
+fn secrets_file(dir: &Path, keys: &[(&str, PathBuf)]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let mut text = String::new();
+    for (name, path) in keys {
+        let key = std::fs::read_to_string(path).unwrap();
+        text.push_str(&format!("{name} = '''\n{key}'''\n"));
+    }
+    let p = dir.join("secrets.toml");
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+/// sshd, appliance and tunnel-lite with one ssh connection (`extra` goes in
+/// its `[connection.ssh]` table).
+async fn gateway(extra: &str) -> Gw {
+    gateway_as(extra, USER).await
+}
+
+async fn gateway_as(extra: &str, user: &str) -> Gw {
+    let sshd = Sshd::start().await.unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("e2e-ssh-")
+        .tempdir()
+        .unwrap();
+    let secrets = secrets_file(tmp.path(), &[("web_key", sshd.client_key())]);
+    let name = unique_name("web");
+    let policy = policy_with(1, &ssh_connection(&name, &sshd, "web_key", extra));
+    let app = ApplianceFixture::start_with(
+        Some(&policy),
+        &format!("secrets_file = {:?}\n", secrets.display().to_string()),
+    )
+    .await;
+    let tl = TunnelLite::start(&app, &app.token(user, &[], HOUR)).await;
+    let at = tl.wait_listening(&name, 22).await;
+    Gw {
+        sshd,
+        app,
+        tl,
+        name,
+        at,
+        tmp,
+    }
+}
+
+impl Gw {
+    /// Options every client invocation uses: no key, no known_hosts.
+    fn opts(&self) -> Vec<String> {
+        [
+            "-F",
+            "/dev/null",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=10",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// `ssh` to the gateway (any user name: it is ignored).
+    fn ssh(&self) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(self.opts())
+            .args(["-p", "22"])
+            .arg(format!("nobody-in-particular@{}", self.at.ip()));
+        c
+    }
+
+    fn host(&self) -> String {
+        self.at.ip().to_string()
+    }
+
+    async fn audit(&self, kind: AuditKind) -> Vec<StoredRecord> {
+        self.app.audit(Some(kind)).await
+    }
+
+    /// Waits until an audit record of `kind` satisfies `pred`.
+    async fn wait_audit(
+        &self,
+        kind: AuditKind,
+        pred: impl Fn(&StoredRecord) -> bool,
+    ) -> StoredRecord {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let recs = self.audit(kind).await;
+            if let Some(r) = recs.iter().find(|r| pred(r)) {
+                return r.clone();
+            }
+            if Instant::now() > deadline {
+                panic!("no matching {kind} record in {recs:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.tl.stop().await;
+        self.app.stop().await;
+    }
+}
+
+fn out(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `cmd` with `input` on stdin.
+fn run_with_input(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        // Typed slowly enough for a shell to read line by line.
+        for line in input.split_inclusive(|b| *b == b'\n') {
+            let _ = stdin.write_all(line);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let o = child.wait_with_output().expect("wait");
+    let _ = writer.join();
+    o
+}
+
+fn sha256(path: &Path) -> String {
+    let o = run(Command::new("sha256sum").arg(path), true);
+    out(&o)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_exec_signals_env_recording_and_known_hosts() {
+    let gw = gateway("allow_env = [\"HOOP_*\"]\nrecord_input = true").await;
+
+    // Interactive shell through a pty, fed by a script.
+    let o = run_with_input(gw.ssh().arg("-tt"), b"echo marker-$((6*7))\nexit 3\n");
+    assert_eq!(o.status.code(), Some(3), "{}\n{}", out(&o), err(&o));
+    assert!(out(&o).contains("marker-42"), "{}", out(&o));
+
+    // exec: stdout, stderr and the exit status come back as they are.
+    let o = run(gw.ssh().arg("echo out; echo err >&2; exit 42"), false);
+    assert_eq!(o.status.code(), Some(42), "{}", err(&o));
+    assert_eq!(out(&o), "out\n");
+    assert_eq!(err(&o), "err\n");
+
+    // A command killed by a signal: exit-signal reaches the client (ssh exits 255).
+    let o = run(gw.ssh().arg("kill -TERM $$"), false);
+    assert_eq!(o.status.code(), Some(255), "{}", err(&o));
+
+    // Only allowed environment variables pass.
+    let o = run(
+        gw.ssh()
+            .args(["-o", "SetEnv=HOOP_COLOR=blue LD_TRICK=1"])
+            .arg("echo \"[$HOOP_COLOR][$LD_TRICK]\""),
+        true,
+    );
+    assert_eq!(out(&o), "[blue][]\n");
+
+    // Audit: exec with command line, exit status, bytes; the signal; the shell with its recording.
+    let exec = gw
+        .wait_audit(AuditKind::SshExec, |r| {
+            r.record
+                .detail
+                .as_ref()
+                .is_some_and(|d| d["exit_status"] == 42)
+        })
+        .await;
+    let d = exec.record.detail.clone().unwrap();
+    assert_eq!(d["command"], "echo out; echo err >&2; exit 42");
+    assert_eq!(exec.record.user.as_deref(), Some(USER));
+    assert!(exec.record.bytes_down.unwrap() >= 8 && exec.record.duration_ms.is_some());
+    gw.wait_audit(AuditKind::SshExec, |r| {
+        r.record
+            .detail
+            .as_ref()
+            .is_some_and(|d| d["exit_signal"] == "TERM")
+    })
+    .await;
+    let shell = gw
+        .wait_audit(AuditKind::SshShell, |r| {
+            r.record
+                .detail
+                .as_ref()
+                .is_some_and(|d| d["exit_status"] == 3)
+        })
+        .await;
+    let id = shell.record.detail.unwrap()["recording"]
+        .as_str()
+        .expect("the shell was recorded")
+        .to_string();
+
+    // The asciicast file parses: a JSON header, then [time, code, data] events
+    // that hold what the shell printed and (record_input) what was typed.
+    let cast = gw
+        .app
+        .cfg
+        .data_dir
+        .join("recordings")
+        .join(format!("{id}.cast"));
+    let text = std::fs::read_to_string(&cast).unwrap();
+    let mut lines = text.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    assert!(header["width"].as_u64().unwrap() > 0);
+    let (mut output, mut input) = (String::new(), String::new());
+    let mut last = 0.0;
+    for l in lines {
+        let ev: serde_json::Value = serde_json::from_str(l).unwrap();
+        let t = ev[0].as_f64().unwrap();
+        assert!(t >= last);
+        last = t;
+        match ev[1].as_str().unwrap() {
+            "o" => output.push_str(ev[2].as_str().unwrap()),
+            "i" => input.push_str(ev[2].as_str().unwrap()),
+            other => assert_eq!(other, "r"),
+        }
+    }
+    assert!(output.contains("marker-42"), "{output}");
+    assert!(input.contains("echo marker-$((6*7))"), "{input}");
+
+    // The CLI lists and exports it.
+    let list = gw.app.cli(&["recordings", "list"]);
+    assert!(out(&list).contains(&id), "{}", err(&list));
+    let export = gw.tmp.path().join("copy.cast");
+    let show = gw
+        .app
+        .cli(&["recordings", "show", &id, "--out", export.to_str().unwrap()]);
+    assert!(show.status.success(), "{}", err(&show));
+    assert_eq!(std::fs::read_to_string(&export).unwrap(), text);
+
+    // tunnel-lite shows the appliance's SSH host key and installs it for
+    // *.hoop: strict host key checking then passes without a prompt.
+    let tl_dir = gw.tl.config_dir.path().to_path_buf();
+    let status = run(
+        Command::new(e2e::bin("tunnel-lite"))
+            .arg("--config-dir")
+            .arg(&tl_dir)
+            .arg("status"),
+        true,
+    );
+    let fp = out(&status)
+        .lines()
+        .find_map(|l| l.strip_prefix("ssh host key: "))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no host key in status:\n{}", out(&status)));
+    assert!(fp.starts_with("SHA256:"));
+    let root = gw.tmp.path().join("root");
+    run(
+        Command::new(e2e::bin("tunnel-lite"))
+            .arg("--config-dir")
+            .arg(&tl_dir)
+            .args([
+                "dns-setup",
+                "--apply",
+                "--dns-listen",
+                "127.0.0.1:5353",
+                "--root",
+            ])
+            .arg(&root)
+            .args(["--binary", "/nonexistent/tunnel-lite"]),
+        true,
+    );
+    let known = root.join("etc/ssh/ssh_known_hosts.d/hoop");
+    let conf = std::fs::read_to_string(root.join("etc/ssh/ssh_config.d/hoop.conf")).unwrap();
+    assert!(
+        conf.contains("GlobalKnownHostsFile /etc/ssh/ssh_known_hosts.d/hoop"),
+        "{conf}"
+    );
+    let o = run(
+        Command::new("ssh")
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known.display()))
+            .arg("-o")
+            .arg(format!("HostKeyAlias={}.hoop", gw.name))
+            .arg(format!("x@{}", gw.host()))
+            .arg("echo trusted"),
+        false,
+    );
+    assert_eq!(out(&o), "trusted\n", "{}", err(&o));
+    let keygen = run(Command::new("ssh-keygen").arg("-lf").arg(&known), true);
+    assert!(out(&keygen).contains(&fp), "{}", out(&keygen));
+    gw.stop().await;
+}
+
+/// A file of `mb` MiB of random bytes.
+fn random_file(path: &Path, mb: usize) {
+    run(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("head -c {mb}M /dev/urandom > '{}'", path.display())),
+        true,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scp_both_modes_sftp_and_rsync_of_200_mb() {
+    let gw = gateway("").await;
+    let d = gw.tmp.path();
+    let src = d.join("src.bin");
+    random_file(&src, 200);
+    let want = sha256(&src);
+    let remote = |p: &Path| format!("x@{}:{}", gw.host(), p.display());
+    let scp = || {
+        let mut c = Command::new("scp");
+        c.args(gw.opts()).args(["-q", "-P", "22"]);
+        c
+    };
+
+    // scp upload (SFTP protocol, the default) and download (legacy -O protocol).
+    let t = Instant::now();
+    run(scp().arg(&src).arg(remote(&d.join("up.bin"))), true);
+    eprintln!("scp upload of 200 MiB: {:?}", t.elapsed());
+    assert_eq!(sha256(&d.join("up.bin")), want);
+    let t = Instant::now();
+    run(
+        scp()
+            .arg("-O")
+            .arg(remote(&d.join("up.bin")))
+            .arg(d.join("down.bin")),
+        true,
+    );
+    eprintln!("scp -O download of 200 MiB: {:?}", t.elapsed());
+    assert_eq!(sha256(&d.join("down.bin")), want);
+
+    // sftp batch: get, rename, remove.
+    let batch = d.join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "get {up} {got}\nrename {up} {moved}\nrm {down}\n",
+            up = d.join("up.bin").display(),
+            got = d.join("got.bin").display(),
+            moved = d.join("moved.bin").display(),
+            down = d.join("down.bin").display(),
+        ),
+    )
+    .unwrap();
+    let t = Instant::now();
+    run(
+        Command::new("sftp")
+            .args(gw.opts())
+            .args(["-q", "-P", "22", "-b"])
+            .arg(&batch)
+            .arg(format!("x@{}", gw.host())),
+        true,
+    );
+    eprintln!("sftp get of 200 MiB: {:?}", t.elapsed());
+    assert_eq!(sha256(&d.join("got.bin")), want);
+    assert!(d.join("moved.bin").exists() && !d.join("down.bin").exists());
+
+    // rsync over ssh.
+    let rsh = format!("ssh {} -p 22", gw.opts().join(" "));
+    let t = Instant::now();
+    run(
+        Command::new("rsync")
+            .args(["-a", "-e", &rsh])
+            .arg(&src)
+            .arg(remote(&d.join("rsynced.bin"))),
+        true,
+    );
+    eprintln!("rsync of 200 MiB: {:?}", t.elapsed());
+    assert_eq!(sha256(&d.join("rsynced.bin")), want);
+
+    // Audit: SFTP operations with paths and bytes, the scp/rsync commands.
+    let up = d.join("up.bin").display().to_string();
+    let w = gw
+        .wait_audit(AuditKind::SshSftp, |r| {
+            r.record
+                .detail
+                .as_ref()
+                .is_some_and(|x| x["op"] == "write" && x["path"] == up.as_str())
+        })
+        .await;
+    assert_eq!(w.record.bytes_up, Some(200 * 1024 * 1024));
+    gw.wait_audit(AuditKind::SshSftp, |r| {
+        r.record
+            .detail
+            .as_ref()
+            .is_some_and(|x| x["op"] == "read" && x["path"] == up.as_str())
+    })
+    .await;
+    gw.wait_audit(AuditKind::SshSftp, |r| {
+        r.record.detail.as_ref().is_some_and(|x| {
+            x["op"] == "rename" && x["target"] == d.join("moved.bin").display().to_string().as_str()
+        })
+    })
+    .await;
+    gw.wait_audit(AuditKind::SshSftp, |r| {
+        r.record
+            .detail
+            .as_ref()
+            .is_some_and(|x| x["op"] == "remove" && x["status"] == 0)
+    })
+    .await;
+    gw.wait_audit(AuditKind::SshExec, |r| {
+        r.record.detail.as_ref().is_some_and(|x| {
+            x["command"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("scp -f"))
+                && x["exit_status"] == 0
+        })
+    })
+    .await;
+    gw.wait_audit(AuditKind::SshExec, |r| {
+        r.record.detail.as_ref().is_some_and(|x| {
+            x["command"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("rsync --server"))
+        })
+    })
+    .await;
+    gw.stop().await;
+}

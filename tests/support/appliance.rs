@@ -72,8 +72,16 @@ impl ApplianceFixture {
 
     /// Starts with `policy` and a secrets file (mode 0600) holding `secrets`.
     pub async fn start_with_secrets(policy: &str, secrets: &[(&str, &str)]) -> ApplianceFixture {
-        let body: String = secrets.iter().map(|(k, v)| format!("{k} = {v:?}\n")).collect();
-        Self::start_full(Some(policy), "secrets_file = \"secrets.toml\"\n", Some(&body)).await
+        let body: String = secrets
+            .iter()
+            .map(|(k, v)| format!("{k} = {v:?}\n"))
+            .collect();
+        Self::start_full(
+            Some(policy),
+            "secrets_file = \"secrets.toml\"\n",
+            Some(&body),
+        )
+        .await
     }
 
     /// `extra_config` is appended to the runtime config file.
@@ -81,7 +89,11 @@ impl ApplianceFixture {
         Self::start_full(policy, extra_config, None).await
     }
 
-    async fn start_full(policy: Option<&str>, extra_config: &str, secrets: Option<&str>) -> ApplianceFixture {
+    async fn start_full(
+        policy: Option<&str>,
+        extra_config: &str,
+        secrets: Option<&str>,
+    ) -> ApplianceFixture {
         let dir = tempfile::Builder::new()
             .prefix("e2e-appliance-")
             .tempdir()

@@ -146,7 +146,10 @@ async fn echo(req: Request<Incoming>) -> Response<BoxBody> {
         } else {
             String::from_utf8_lossy(v.as_bytes()).into_owned()
         };
-        headers.entry(k.as_str().to_string()).or_default().push(shown);
+        headers
+            .entry(k.as_str().to_string())
+            .or_default()
+            .push(shown);
     }
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut n = 0u64;
@@ -293,7 +296,12 @@ pub fn file_sha256(path: &Path) -> String {
 }
 
 /// Headers the echo route reports as `sha256:<hex>` instead of their value.
-pub const SENSITIVE: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "x-api-key"];
+pub const SENSITIVE: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+];
 
 /// SHA-256 (hex) of `b`.
 pub fn sha256_hex(b: &[u8]) -> String {

@@ -89,6 +89,20 @@ fn template() -> &'static Path {
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Self::start_inner(false)
+    }
+
+    /// With TLS on: a certificate for `localhost` issued by `ca_cert()`.
+    pub fn start_with_tls() -> Postgres {
+        Self::start_inner(true)
+    }
+
+    /// The CA that issued a TLS cluster's certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    fn start_inner(tls: bool) -> Postgres {
         let bin = pg_bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("e2e-pg-")
@@ -104,6 +118,61 @@ impl Postgres {
                 .arg(&data),
             true,
         );
+        let mut tls_opts = String::new();
+        if tls {
+            let d = dir.path();
+            let (crt, key) = (d.join("server.crt"), d.join("server.key"));
+            let ec = [
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ];
+            // A CA, and a leaf for `localhost` signed by it (webpki refuses a CA
+            // certificate used as the server's own).
+            run(
+                Command::new("openssl")
+                    .args(["req", "-x509"])
+                    .args(ec)
+                    .args(["-days", "2", "-subj", "/CN=e2e test CA", "-keyout"])
+                    .arg(d.join("ca.key"))
+                    .arg("-out")
+                    .arg(d.join("ca.crt")),
+                true,
+            );
+            run(
+                Command::new("openssl")
+                    .args(["req"])
+                    .args(ec)
+                    .args(["-subj", "/CN=localhost", "-keyout"])
+                    .arg(&key)
+                    .arg("-out")
+                    .arg(d.join("server.csr")),
+                true,
+            );
+            std::fs::write(d.join("ext.cnf"), "subjectAltName=DNS:localhost\nbasicConstraints=critical,CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n").expect("ext");
+            run(
+                Command::new("openssl")
+                    .args(["x509", "-req", "-days", "2", "-in"])
+                    .arg(d.join("server.csr"))
+                    .arg("-CA")
+                    .arg(d.join("ca.crt"))
+                    .arg("-CAkey")
+                    .arg(d.join("ca.key"))
+                    .args(["-CAcreateserial", "-extfile"])
+                    .arg(d.join("ext.cnf"))
+                    .arg("-out")
+                    .arg(&crt),
+                true,
+            );
+            set_mode(&key, 0o600);
+            tls_opts = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                crt.display(),
+                key.display()
+            );
+        }
         chown_postgres(dir.path());
         let port = free_port();
         let log = dir.path().join("log");
@@ -116,7 +185,7 @@ impl Postgres {
                 .arg("-w")
                 .arg("-o")
                 .arg(format!(
-                    "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                    "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200{tls_opts}",
                     dir.path().display()
                 ))
                 .arg("start"),
@@ -148,6 +217,14 @@ impl Postgres {
             true,
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Puts `line` first in pg_hba.conf and reloads the configuration.
+    pub fn hba_first(&self, line: &str) {
+        let path = self.dir.path().join("data/pg_hba.conf");
+        let old = std::fs::read_to_string(&path).expect("pg_hba.conf");
+        std::fs::write(&path, format!("{line}\n{old}")).expect("write pg_hba.conf");
+        self.psql("select pg_reload_conf()");
     }
 
     pub fn log(&self) -> String {

@@ -19,21 +19,32 @@ impl Sshd {
         let dir = tempfile::Builder::new().prefix("e2e-sshd-").tempdir()?;
         let d = dir.path();
         std::fs::create_dir_all("/run/sshd").ok();
-        for (name, kind) in [("host_key", "ed25519"), ("client_key", "ed25519")] {
-            run(
-                Command::new("ssh-keygen")
-                    .args(["-q", "-t", kind, "-N", "", "-f"])
-                    .arg(d.join(name)),
-                true,
-            );
+        for (name, kind) in [
+            ("host_key", "ed25519"),
+            ("client_key", "ed25519"),
+            ("client_key_ecdsa", "ecdsa"),
+            ("client_key_rsa", "rsa"),
+        ] {
+            let mut cmd = Command::new("ssh-keygen");
+            cmd.args(["-q", "-t", kind, "-N", "", "-f"])
+                .arg(d.join(name));
+            if kind == "rsa" {
+                cmd.args(["-b", "2048"]);
+            }
+            run(&mut cmd, true);
         }
-        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys"))?;
+        let mut authorized = String::new();
+        for name in ["client_key", "client_key_ecdsa", "client_key_rsa"] {
+            authorized.push_str(&std::fs::read_to_string(d.join(format!("{name}.pub")))?);
+        }
+        std::fs::write(d.join("authorized_keys"), authorized)?;
         let port = free_port();
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-             Subsystem sftp internal-sftp\nLogLevel VERBOSE\n",
+             Subsystem sftp internal-sftp\nLogLevel VERBOSE\n\
+             AcceptEnv LANG LC_* HOOP_* LD_*\nMaxStartups 200\nMaxSessions 50\n",
             d = d.display()
         );
         std::fs::write(d.join("sshd_config"), config)?;
@@ -61,6 +72,29 @@ impl Sshd {
     /// The client's private key (authorized on this sshd).
     pub fn client_key(&self) -> PathBuf {
         self.dir.path().join("client_key")
+    }
+
+    /// An authorized client key of `kind` (`ed25519`, `ecdsa` or `rsa`).
+    pub fn client_key_of(&self, kind: &str) -> PathBuf {
+        match kind {
+            "ed25519" => self.client_key(),
+            k => self.dir.path().join(format!("client_key_{k}")),
+        }
+    }
+
+    /// The host key's fingerprint as `ssh-keygen -lf` prints it (`SHA256:...`).
+    pub fn host_fingerprint(&self) -> String {
+        let out = run(
+            Command::new("ssh-keygen")
+                .arg("-lf")
+                .arg(self.dir.path().join("host_key.pub")),
+            true,
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// An empty known_hosts file for the client (host keys are not checked in tests).

@@ -374,7 +374,8 @@ async fn forward(
                     Some(_) => "28000",
                     None => "08006",
                 };
-                let _ = crate::pgrefusal::refuse(&mut client, sqlstate, &format!("{e}{hint}")).await;
+                let _ =
+                    crate::pgrefusal::refuse(&mut client, sqlstate, &format!("{e}{hint}")).await;
             }
             return;
         }

@@ -230,6 +230,60 @@ pub fn plan(
     plan
 }
 
+/// Adds what makes `ssh NAME.<suffix>` trust the appliance's SSH host keys
+/// without a prompt: the keys as `*.<suffix>` lines in
+/// `/etc/ssh/ssh_known_hosts.d/<suffix>`, and an `/etc/ssh/ssh_config.d/<suffix>.conf`
+/// drop-in pointing OpenSSH at that file for `*.<suffix>` hosts (the stock
+/// `ssh_config` of Debian, Ubuntu, Fedora and macOS includes that directory).
+/// Lines that are not `ALGORITHM BASE64` public keys are skipped.
+pub fn add_ssh_known_hosts(plan: &mut DnsSetupPlan, suffix: &str, host_keys: &[String]) {
+    if !is_valid_suffix(suffix) {
+        return;
+    }
+    let suffix = suffix.trim_end_matches('.').to_ascii_lowercase();
+    let lines: Vec<String> = host_keys
+        .iter()
+        .filter(|k| ssh_fingerprint(k).is_some())
+        .map(|k| {
+            format!(
+                "*.{suffix} {}\n",
+                k.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+            )
+        })
+        .collect();
+    if lines.is_empty() {
+        return;
+    }
+    let known = format!("/etc/ssh/ssh_known_hosts.d/{suffix}");
+    plan.files.push((PathBuf::from(&known), lines.concat()));
+    plan.files.push((
+        PathBuf::from(format!("/etc/ssh/ssh_config.d/{suffix}.conf")),
+        format!("Host *.{suffix}\n    GlobalKnownHostsFile {known}\n"),
+    ));
+    plan.notes.push(format!(
+        "ssh to *.{suffix} checks the appliance's SSH host key against {known}; run \
+         dns-setup --apply again if the appliance's key ever changes."
+    ));
+}
+
+/// `SHA256:...` (as `ssh-keygen -lf` prints it) of an OpenSSH public key line.
+pub fn ssh_fingerprint(line: &str) -> Option<String> {
+    use base64::Engine;
+    let mut parts = line.split_whitespace();
+    let alg = parts.next()?;
+    if !(alg.starts_with("ssh-") || alg.starts_with("ecdsa-")) {
+        return None;
+    }
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(parts.next()?)
+        .ok()?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &blob);
+    Some(format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest.as_ref())
+    ))
+}
+
 /// A human-readable account of `plan`: the files with their content, the commands, why
 /// each is needed, and the notes.
 pub fn render(plan: &DnsSetupPlan) -> String {
@@ -302,6 +356,8 @@ fn argv(args: &[&str]) -> Vec<String> {
 fn why_file(path: &Path) -> &'static str {
     if path.starts_with("/etc/systemd/resolved.conf.d") {
         "a systemd-resolved drop-in routing the suffix (and only it) to tunnel-lite"
+    } else if path.starts_with("/etc/ssh") {
+        "lets ssh trust the appliance's SSH host key for the suffix's names, without a prompt"
     } else if path.starts_with("/etc/resolver") {
         "a macOS per-domain resolver routing the suffix (and only it) to tunnel-lite"
     } else {

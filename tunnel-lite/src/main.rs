@@ -217,6 +217,9 @@ async fn run(cli: Cli) -> Result<()> {
                 &binary,
                 low_ports,
             );
+            let mut plan = plan;
+            let host_keys = ssh_host_keys(&dir).await;
+            dns_setup::add_ssh_known_hosts(&mut plan, &suffix, &host_keys);
             print!("{}", dns_setup::render(&plan));
             if apply {
                 for line in dns_setup::apply(&plan, &root)? {
@@ -226,6 +229,30 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("(dry run: re-run with --apply, as root, to make these changes)");
             }
             Ok(())
+        }
+    }
+}
+
+/// The appliance's SSH host keys (empty, with a note, if it cannot be asked).
+async fn ssh_host_keys(dir: &std::path::Path) -> Vec<String> {
+    let Ok(st) = State::load(dir) else {
+        return Vec::new();
+    };
+    let info = async {
+        ApplianceClient::new(&st.appliance, &st.trust.to_trust()?)?
+            .info()
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), info).await {
+        Ok(Ok(i)) => i.ssh_host_keys,
+        Ok(Err(e)) => {
+            eprintln!("note: SSH host keys not installed: asking the appliance failed: {e:#}");
+            Vec::new()
+        }
+        Err(_) => {
+            eprintln!("note: SSH host keys not installed: the appliance did not answer");
+            Vec::new()
         }
     }
 }
@@ -327,6 +354,15 @@ async fn status(dir: &std::path::Path) -> Result<()> {
             c.kind,
             ports.join(",")
         );
+    }
+    if reachable {
+        if let Ok(info) = client.info().await {
+            for key in &info.ssh_host_keys {
+                let alg = key.split_whitespace().next().unwrap_or("?");
+                let fp = dns_setup::ssh_fingerprint(key).unwrap_or_else(|| "?".into());
+                println!("ssh host key: {fp} ({alg})");
+            }
+        }
     }
     Ok(())
 }

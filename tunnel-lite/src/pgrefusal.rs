@@ -16,7 +16,12 @@ const MAX_STARTUP: u32 = 10_000;
 /// An ErrorResponse with severity FATAL, the SQLSTATE and the message.
 pub fn error_response(sqlstate: &str, message: &str) -> Vec<u8> {
     let mut body = Vec::with_capacity(message.len() + 32);
-    for (code, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', sqlstate), (b'M', message)] {
+    for (code, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', sqlstate),
+        (b'M', message),
+    ] {
         body.push(code);
         // A NUL would end the field early; the reason is ours, but be safe.
         body.extend(value.bytes().filter(|b| *b != 0));
@@ -69,17 +74,16 @@ mod tests {
     #[test]
     fn error_response_bytes() {
         let e = error_response("28000", "no");
-        assert_eq!(
-            e,
-            b"E\0\0\0\x1fSFATAL\0VFATAL\0C28000\0Mno\0\0".to_vec()
-        );
+        assert_eq!(e, b"E\0\0\0\x1fSFATAL\0VFATAL\0C28000\0Mno\0\0".to_vec());
     }
 
     #[tokio::test]
     async fn answers_ssl_then_startup() {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let server = tokio::spawn(async move { refuse(&mut b, "28000", "revoked").await });
-        a.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+        a.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .await
+            .unwrap();
         let mut n = [0u8; 1];
         a.read_exact(&mut n).await.unwrap();
         assert_eq!(&n, b"N");

@@ -13,9 +13,9 @@ use crate::audit::{AuditKind, AuditRecord};
 use crate::identity::Identity;
 use crate::policy::{Connection, VerifiedPolicy};
 use crate::proxy::{self, tcp, SessionContext, TunnelStream};
-use bytes::Bytes;
 use crate::server::Shared;
 use crate::sessions::SessionGuard;
+use bytes::Bytes;
 use tokio::net::TcpStream;
 
 /// Header bytes plus whatever the client pipelined after it.
@@ -39,33 +39,38 @@ pub(super) async fn handle(
         reason,
         identity: None,
     };
-    let header_len = match tokio::time::timeout_at(deadline, read_header(&mut stream, &mut buf))
-        .await
-    {
-        Ok(Ok(n)) => n,
-        Ok(Err(HeaderError::Wire(e))) => {
-            let status = match e {
-                WireError::UnsupportedVersion(_) => Status::UnsupportedVersion,
-                _ => Status::MalformedRequest,
-            };
-            let reason = format!("malformed tunnel header: {e}");
-            refuse(&mut stream, &shared, &unidentified, unidentified_refusal(status, reason)).await;
-            return;
-        }
-        Ok(Err(HeaderError::Io(e))) => {
-            tracing::debug!(%peer, error = %e, "tunnel closed before its header");
-            return;
-        }
-        Err(_) => {
-            let reason = format!(
-                "tunnel header not received within {:?}",
-                shared.cfg.header_timeout
-            );
-            let refusal = unidentified_refusal(Status::MalformedRequest, reason);
-            refuse(&mut stream, &shared, &unidentified, refusal).await;
-            return;
-        }
-    };
+    let header_len =
+        match tokio::time::timeout_at(deadline, read_header(&mut stream, &mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(HeaderError::Wire(e))) => {
+                let status = match e {
+                    WireError::UnsupportedVersion(_) => Status::UnsupportedVersion,
+                    _ => Status::MalformedRequest,
+                };
+                let reason = format!("malformed tunnel header: {e}");
+                refuse(
+                    &mut stream,
+                    &shared,
+                    &unidentified,
+                    unidentified_refusal(status, reason),
+                )
+                .await;
+                return;
+            }
+            Ok(Err(HeaderError::Io(e))) => {
+                tracing::debug!(%peer, error = %e, "tunnel closed before its header");
+                return;
+            }
+            Err(_) => {
+                let reason = format!(
+                    "tunnel header not received within {:?}",
+                    shared.cfg.header_timeout
+                );
+                let refusal = unidentified_refusal(Status::MalformedRequest, reason);
+                refuse(&mut stream, &shared, &unidentified, refusal).await;
+                return;
+            }
+        };
     // The decode succeeded in read_header; decode again to borrow from `buf`.
     let Ok(Some((req, _))) = wire::decode_request(&buf[..header_len]) else {
         return;
@@ -101,7 +106,12 @@ pub(super) async fn handle(
         close_reason: guard.reason_handle(),
     };
     tracing::info!(user = %ctx.identity.user, connection = %ctx.connection.name, session = %ctx.session_id, %peer, "session start");
-    if shared.audit.record(ctx.audit_record(AuditKind::SessionStart)).await.is_err() {
+    if shared
+        .audit
+        .record(ctx.audit_record(AuditKind::SessionStart))
+        .await
+        .is_err()
+    {
         tracing::error!("audit writer is gone; closing session");
         return;
     }
@@ -239,8 +249,17 @@ async fn open_session(
 }
 
 /// Answers a refusal, closes the stream, and audits it.
-async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, shared: &Shared, request: &RequestInfo<'_>, refusal: Refusal) {
-    let user = refusal.identity.as_ref().map(|i| i.user.as_str()).unwrap_or("-");
+async fn refuse<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    shared: &Shared,
+    request: &RequestInfo<'_>,
+    refusal: Refusal,
+) {
+    let user = refusal
+        .identity
+        .as_ref()
+        .map(|i| i.user.as_str())
+        .unwrap_or("-");
     tracing::info!(peer = %request.peer, user, target = request.target.unwrap_or("-"),
         status = refusal.status.as_str(), reason = %refusal.reason, "tunnel refused");
     let _ = respond(stream, refusal.status, &refusal.reason).await;

@@ -120,6 +120,15 @@ pub async fn serve(
             let _ = tokio::time::timeout(DRAIN, session.tasks.wait()).await;
         }
     }
+    let upgraded = session
+        .upgrade_end
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let reason = match upgraded {
+        Some(r) if !ctx.cancel.is_cancelled() => r,
+        _ => reason,
+    };
     drop(session);
     let _ = forwarder.await;
     SessionEnd {

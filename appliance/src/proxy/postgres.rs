@@ -93,12 +93,19 @@ async fn fail(stream: &mut TunnelStream, e: &PgError) -> SessionEnd {
     end(e.to_string(), 0, out.len() as u64)
 }
 
-async fn forward_cancel(mut upstream: TcpStream, process_id: i32, key: &[u8], ctx: &SessionContext) -> SessionEnd {
+async fn forward_cancel(
+    mut upstream: TcpStream,
+    process_id: i32,
+    key: &[u8],
+    ctx: &SessionContext,
+) -> SessionEnd {
     let registry = &ctx.shared.pg_cancel;
     let Some(target) = registry.lookup(process_id, key) else {
         return end("cancel request for an unknown session ignored", 0, 0);
     };
-    if !target.user.eq_ignore_ascii_case(&ctx.identity.user) || target.connection != ctx.connection.name {
+    if !target.user.eq_ignore_ascii_case(&ctx.identity.user)
+        || target.connection != ctx.connection.name
+    {
         tracing::warn!(user = %ctx.identity.user, owner = %target.user, "cancel request for another person's session ignored");
         return end("cancel request for another person's session ignored", 0, 0);
     }
@@ -140,7 +147,11 @@ fn upstream_params(
     }
     let mut params = vec![("database".to_string(), database)];
     for (k, v) in client {
-        if settings.startup_params.iter().any(|p| p.eq_ignore_ascii_case(k)) {
+        if settings
+            .startup_params
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(k))
+        {
             params.push((k.clone(), v.clone()));
         }
     }
@@ -210,7 +221,11 @@ async fn session(
             return fail(&mut stream, &e).await;
         }
     };
-    let key_len = if version == ProtocolVersion::V3_0 { 4 } else { 32 };
+    let key_len = if version == ProtocolVersion::V3_0 {
+        4
+    } else {
+        32
+    };
     let cancel_key = ctx.shared.pg_cancel.register(
         CancelTarget {
             user: ctx.identity.user.clone(),
@@ -228,7 +243,9 @@ async fn session(
     if key_len == 4 {
         let k = &cancel_key.secret_key;
         codec::backend_key_data(&mut hello, cancel_key.process_id, [k[0], k[1], k[2], k[3]]);
-    } else if codec::backend_key_data_var(&mut hello, cancel_key.process_id, &cancel_key.secret_key).is_err() {
+    } else if codec::backend_key_data_var(&mut hello, cancel_key.process_id, &cancel_key.secret_key)
+        .is_err()
+    {
         return end("internal: cancel key", 0, 0);
     }
     codec::ready_for_query(&mut hello, up.status);
@@ -239,8 +256,19 @@ async fn session(
     tracing::info!(connection = %conn.name, user = %ctx.identity.user, role = %user, %database, "postgres session ready");
 
     let shared = relay::Shared::new(settings.max_message_bytes);
-    shared.bytes_down.fetch_add(hello.len() as u64, Ordering::Relaxed);
-    let stop = run_relay(stream, up.stream, cbuf, up.leftover, &shared, ctx, &database).await;
+    shared
+        .bytes_down
+        .fetch_add(hello.len() as u64, Ordering::Relaxed);
+    let stop = run_relay(
+        stream,
+        up.stream,
+        cbuf,
+        up.leftover,
+        &shared,
+        ctx,
+        &database,
+    )
+    .await;
     drop(cancel_key);
     let mut left = Vec::new();
     let reason = stop.to_string();
@@ -258,7 +286,11 @@ async fn session(
     )
 }
 
-async fn drop_ephemeral(ctx: &SessionContext, settings: &PostgresSettings, role: Option<ephemeral::EphemeralRole>) {
+async fn drop_ephemeral(
+    ctx: &SessionContext,
+    settings: &PostgresSettings,
+    role: Option<ephemeral::EphemeralRole>,
+) {
     if let Some(role) = role {
         if let Err(e) = ephemeral::drop_role(ctx, settings, &role.name).await {
             tracing::error!(role = %role.name, error = %e, "dropping an ephemeral role failed; the sweeper will retry");
@@ -283,7 +315,9 @@ impl std::fmt::Display for RelayEnd {
             RelayEnd::UpstreamClosed => f.write_str("upstream connection lost"),
             RelayEnd::Cancelled => f.write_str("closed by the appliance"),
             RelayEnd::ClientProtocol(e) => write!(f, "protocol violation from the client: {e}"),
-            RelayEnd::UpstreamProtocol(e) => write!(f, "protocol violation from the upstream server: {e}"),
+            RelayEnd::UpstreamProtocol(e) => {
+                write!(f, "protocol violation from the upstream server: {e}")
+            }
             RelayEnd::Io(e) => write!(f, "connection error: {e}"),
         }
     }
@@ -298,7 +332,8 @@ async fn run_relay(
     ctx: &SessionContext,
     database: &str,
 ) -> RelayEnd {
-    let (mut cr, mut cw): (ReadHalf<TunnelStream>, WriteHalf<TunnelStream>) = tokio::io::split(client);
+    let (mut cr, mut cw): (ReadHalf<TunnelStream>, WriteHalf<TunnelStream>) =
+        tokio::io::split(client);
     let (mut ur, mut uw) = tokio::io::split(upstream);
     ubuf.reserve(relay::READ_CHUNK);
     let flush_audit = || async {
@@ -308,13 +343,29 @@ async fn run_relay(
         }
     };
     let outcome = {
-        let up = relay::pump(&mut cr, &mut uw, &mut cbuf, Direction::Up, shared, flush_audit);
-        let down = relay::pump(&mut ur, &mut cw, &mut ubuf, Direction::Down, shared, flush_audit);
+        let up = relay::pump(
+            &mut cr,
+            &mut uw,
+            &mut cbuf,
+            Direction::Up,
+            shared,
+            flush_audit,
+        );
+        let down = relay::pump(
+            &mut ur,
+            &mut cw,
+            &mut ubuf,
+            Direction::Down,
+            shared,
+            flush_audit,
+        );
         tokio::pin!(up, down);
         let down_stop = |s: Stop| match s {
             Stop::Closed => RelayEnd::UpstreamClosed,
             Stop::Protocol(e) => RelayEnd::UpstreamProtocol(e),
-            Stop::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => RelayEnd::UpstreamClosed,
+            Stop::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                RelayEnd::UpstreamClosed
+            }
             Stop::Io(e) => RelayEnd::Io(e),
         };
         tokio::select! {
@@ -335,10 +386,16 @@ async fn run_relay(
     // Tell the client why, in its own protocol, where it is still listening.
     let notice = match &outcome {
         RelayEnd::ClientProtocol(e) => Some(("08P01", format!("protocol violation: {e}"))),
-        RelayEnd::UpstreamProtocol(e) => Some(("08P01", format!("the upstream server sent malformed data: {e}"))),
+        RelayEnd::UpstreamProtocol(e) => Some((
+            "08P01",
+            format!("the upstream server sent malformed data: {e}"),
+        )),
         RelayEnd::UpstreamClosed => Some((
             "08006",
-            format!("the connection to the upstream of {:?} was lost", ctx.connection.name),
+            format!(
+                "the connection to the upstream of {:?} was lost",
+                ctx.connection.name
+            ),
         )),
         RelayEnd::Cancelled => Some((
             "57P01",
@@ -351,7 +408,9 @@ async fn run_relay(
     };
     if let Some((state, message)) = notice {
         let mut out = Vec::new();
-        if codec::error_response(&mut out, &Diagnostic::new(Severity::Fatal, state, &message)).is_ok() {
+        if codec::error_response(&mut out, &Diagnostic::new(Severity::Fatal, state, &message))
+            .is_ok()
+        {
             let _ = cw.write_all(&out).await;
         }
     }

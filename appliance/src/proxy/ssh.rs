@@ -235,8 +235,13 @@ async fn connect_upstream(
                 .audit(AuditKind::SshUpstreamRefused)
                 .outcome(e.outcome())
                 .reason(e.to_string());
-            if let UpstreamError::HostKeyMismatch { presented, expected } = &e {
-                rec = rec.detail(serde_json::json!({ "presented": presented, "expected": expected }));
+            if let UpstreamError::HostKeyMismatch {
+                presented,
+                expected,
+            } = &e
+            {
+                rec =
+                    rec.detail(serde_json::json!({ "presented": presented, "expected": expected }));
             }
             conn.record(rec).await;
             Err(e.to_string())

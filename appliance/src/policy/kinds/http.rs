@@ -239,11 +239,18 @@ struct RawRule {
 pub(super) fn parse(table: toml::Table, whence: &str) -> Result<HttpSettings, PolicyError> {
     let raw: RawHttpSettings = super::typed(table, whence)?;
     let bad = |what: String| PolicyError::Invalid(format!("{whence}: {what}"));
-    let mut s = HttpSettings::default();
-    s.scheme = match raw.scheme.as_deref() {
+    let scheme = match raw.scheme.as_deref() {
         None | Some("http") => Scheme::Http,
         Some("https") => Scheme::Https,
-        Some(other) => return Err(bad(format!("scheme {other:?} must be \"http\" or \"https\""))),
+        Some(other) => {
+            return Err(bad(format!(
+                "scheme {other:?} must be \"http\" or \"https\""
+            )))
+        }
+    };
+    let mut s = HttpSettings {
+        scheme,
+        ..HttpSettings::default()
     };
     if s.scheme == Scheme::Http {
         for (key, set) in [
@@ -273,7 +280,8 @@ pub(super) fn parse(table: toml::Table, whence: &str) -> Result<HttpSettings, Po
     if let Some(list) = raw.strip_headers {
         s.strip_headers = Vec::new();
         for h in list {
-            s.strip_headers.push(header_name(&h, "strip_headers").map_err(bad)?);
+            s.strip_headers
+                .push(header_name(&h, "strip_headers").map_err(bad)?);
         }
     }
     let mut injected: Vec<HeaderName> = Vec::new();
@@ -325,7 +333,9 @@ pub(super) fn parse(table: toml::Table, whence: &str) -> Result<HttpSettings, Po
             None => DEFAULT_ASSERTION_TTL,
         };
         if ttl < Duration::from_secs(5) || ttl > Duration::from_secs(3600) {
-            return Err(bad("identity_assertion.ttl must be between 5s and 1h".into()));
+            return Err(bad(
+                "identity_assertion.ttl must be between 5s and 1h".into()
+            ));
         }
         if a.audience.as_deref().is_some_and(str::is_empty) {
             return Err(bad("identity_assertion.audience must not be empty".into()));
@@ -357,7 +367,10 @@ pub(super) fn parse(table: toml::Table, whence: &str) -> Result<HttpSettings, Po
     for (i, r) in raw.rules.into_iter().enumerate() {
         let rule = rule(r, i).map_err(bad)?;
         if s.rules.iter().any(|o| o.name == rule.name) {
-            return Err(bad(format!("rules: the name {:?} is used twice", rule.name)));
+            return Err(bad(format!(
+                "rules: the name {:?} is used twice",
+                rule.name
+            )));
         }
         s.rules.push(rule);
     }

@@ -86,7 +86,10 @@ impl Default for PostgresSettings {
             tls: UpstreamTls::Disable,
             ca_file: None,
             server_name: None,
-            startup_params: DEFAULT_STARTUP_PARAMS.iter().map(|s| s.to_string()).collect(),
+            startup_params: DEFAULT_STARTUP_PARAMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             max_message_bytes: DEFAULT_MAX_MESSAGE,
             credential: CredentialMode::Inject,
         }
@@ -125,7 +128,9 @@ pub(super) fn parse(table: toml::Table, whence: &str) -> Result<PostgresSettings
     let d = PostgresSettings::default();
     let ident = |key: &str, v: &str| -> Result<(), PolicyError> {
         if v.is_empty() || v.len() > 63 || v.contains('\0') {
-            return Err(bad(format!("{key} {v:?} is not a PostgreSQL identifier (1 to 63 bytes)")));
+            return Err(bad(format!(
+                "{key} {v:?} is not a PostgreSQL identifier (1 to 63 bytes)"
+            )));
         }
         Ok(())
     };
@@ -167,12 +172,12 @@ pub(super) fn parse(table: toml::Table, whence: &str) -> Result<PostgresSettings
                 CredentialMode::Inject
             }
             "ephemeral" => {
-                let admin_user = c
-                    .admin_user
-                    .ok_or_else(|| bad("credential.mode = \"ephemeral\" needs admin_user".into()))?;
-                let grant_role = c
-                    .grant_role
-                    .ok_or_else(|| bad("credential.mode = \"ephemeral\" needs grant_role".into()))?;
+                let admin_user = c.admin_user.ok_or_else(|| {
+                    bad("credential.mode = \"ephemeral\" needs admin_user".into())
+                })?;
+                let grant_role = c.grant_role.ok_or_else(|| {
+                    bad("credential.mode = \"ephemeral\" needs grant_role".into())
+                })?;
                 ident("credential.admin_user", &admin_user)?;
                 ident("credential.grant_role", &grant_role)?;
                 let dur = |key: &str, v: Option<String>, default: Duration| match v {
@@ -181,9 +186,12 @@ pub(super) fn parse(table: toml::Table, whence: &str) -> Result<PostgresSettings
                         .map_err(|e| bad(format!("credential.{key} {s:?}: {e}"))),
                 };
                 let ttl = dur("ttl", c.ttl, Duration::from_secs(8 * 3600))?;
-                let sweep_interval = dur("sweep_interval", c.sweep_interval, Duration::from_secs(300))?;
+                let sweep_interval =
+                    dur("sweep_interval", c.sweep_interval, Duration::from_secs(300))?;
                 if ttl < Duration::from_secs(60) || sweep_interval < Duration::from_secs(1) {
-                    return Err(bad("credential.ttl must be at least 1m and sweep_interval at least 1s".into()));
+                    return Err(bad(
+                        "credential.ttl must be at least 1m and sweep_interval at least 1s".into(),
+                    ));
                 }
                 CredentialMode::Ephemeral {
                     admin_user,
@@ -232,20 +240,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.tls, UpstreamTls::VerifyFull);
-        assert!(matches!(s.credential, CredentialMode::Ephemeral { ref grant_role, ttl, .. } if grant_role == "readonly" && ttl == Duration::from_secs(3600)));
+        assert!(
+            matches!(s.credential, CredentialMode::Ephemeral { ref grant_role, ttl, .. } if grant_role == "readonly" && ttl == Duration::from_secs(3600))
+        );
     }
 
     #[test]
     fn errors_name_the_key() {
-        let e = parse(table("colour = 1"), "connection \"pg\" [connection.postgres] (line 9)").unwrap_err().to_string();
+        let e = parse(
+            table("colour = 1"),
+            "connection \"pg\" [connection.postgres] (line 9)",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("colour") && e.contains("line 9"), "{e}");
-        let e = parse(table("ca_file = \"/x\""), "w").unwrap_err().to_string();
+        let e = parse(table("ca_file = \"/x\""), "w")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("verify-full"), "{e}");
-        let e = parse(table("[credential]\nmode = \"ephemeral\""), "w").unwrap_err().to_string();
+        let e = parse(table("[credential]\nmode = \"ephemeral\""), "w")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("admin_user"), "{e}");
-        let e = parse(table("startup_params = [\"user\"]"), "w").unwrap_err().to_string();
+        let e = parse(table("startup_params = [\"user\"]"), "w")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gateway sets it"), "{e}");
-        let e = parse(table("tls = \"maybe\""), "w").unwrap_err().to_string();
+        let e = parse(table("tls = \"maybe\""), "w")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("maybe"), "{e}");
     }
 }

@@ -86,7 +86,9 @@ pub(super) fn parse(table: toml::Table, whence: &str) -> Result<SshSettings, Pol
         .user
         .ok_or_else(|| invalid("`user` (the upstream account) is required".into()))?;
     if user.is_empty() || user.len() > 64 || user.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(invalid(format!("user {user:?} is not a valid account name")));
+        return Err(invalid(format!(
+            "user {user:?} is not a valid account name"
+        )));
     }
     let host_keys = match raw.host_key {
         Some(OneOrMany::One(k)) => vec![k],
@@ -117,7 +119,9 @@ pub(super) fn parse(table: toml::Table, whence: &str) -> Result<SshSettings, Pol
     let globs = |v: Option<Vec<String>>, default: Vec<String>, key: &str| {
         let v = v.unwrap_or(default);
         match v.iter().find(|g| g.is_empty() || g.len() > 1024) {
-            Some(g) => Err(invalid(format!("{key}: pattern {g:?} is empty or too long"))),
+            Some(g) => Err(invalid(format!(
+                "{key}: pattern {g:?} is empty or too long"
+            ))),
             None => Ok(v),
         }
     };
@@ -142,8 +146,7 @@ pub(super) fn parse(table: toml::Table, whence: &str) -> Result<SshSettings, Pol
 pub fn is_sha256_fingerprint(s: &str) -> bool {
     s.strip_prefix("SHA256:").is_some_and(|b| {
         b.len() == 43
-            && b
-                .bytes()
+            && b.bytes()
                 .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
     })
 }
@@ -160,7 +163,11 @@ mod tests {
 
     #[test]
     fn minimal_table_gets_defaults() {
-        let s = parse(table(&format!("user = \"deploy\"\nhost_key = \"{FP}\"")), "w").unwrap();
+        let s = parse(
+            table(&format!("user = \"deploy\"\nhost_key = \"{FP}\"")),
+            "w",
+        )
+        .unwrap();
         assert_eq!(s.user.as_deref(), Some("deploy"));
         assert_eq!(s.host_keys, [FP]);
         assert_eq!(s.allow_env, ["LANG", "LC_*"]);
@@ -193,8 +200,11 @@ mod tests {
         assert!(e.to_string().contains("host_key"), "{e}");
         let e = parse(table("user = \"u\"\nhost_key = \"MD5:aa\""), "w").unwrap_err();
         assert!(e.to_string().contains("not a SHA256"), "{e}");
-        let e = parse(table(&format!("user = \"u\"\nhost_key = \"{FP}\"\nbogus = 1")), "w")
-            .unwrap_err();
+        let e = parse(
+            table(&format!("user = \"u\"\nhost_key = \"{FP}\"\nbogus = 1")),
+            "w",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
     }
 }

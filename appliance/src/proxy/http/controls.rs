@@ -51,9 +51,8 @@ pub fn normalize_path(path: &str) -> Vec<u8> {
         out.push(b'/');
         out.extend_from_slice(s);
     }
-    let trailing = decoded.last() == Some(&b'/')
-        || decoded.ends_with(b"/.")
-        || decoded.ends_with(b"/..");
+    let trailing =
+        decoded.last() == Some(&b'/') || decoded.ends_with(b"/.") || decoded.ends_with(b"/..");
     if out.is_empty() || trailing {
         out.push(b'/');
     }

@@ -62,8 +62,8 @@ fn sensitive(value: &str, secret: &str) -> Result<HeaderValue, RenderError> {
     if value.chars().any(|c| c.is_control() && c != '\t') {
         return Err(RenderError::NotHeaderSafe(secret.to_string()));
     }
-    let mut v = HeaderValue::from_str(value)
-        .map_err(|_| RenderError::NotHeaderSafe(secret.to_string()))?;
+    let mut v =
+        HeaderValue::from_str(value).map_err(|_| RenderError::NotHeaderSafe(secret.to_string()))?;
     v.set_sensitive(true);
     Ok(v)
 }
@@ -95,20 +95,22 @@ mod tests {
         assert_eq!(got[0].1, "Bearer t0k");
         assert!(got[0].1.is_sensitive());
 
-        let mut s = HttpSettings::default();
-        s.basic_auth = Some(BasicAuth {
-            user: "admin".into(),
-            password_secret: "pw".into(),
-        });
-        s.api_key = Some(ApiKey {
-            header: HeaderName::from_static("x-api-key"),
-            secret: "key".into(),
-            prefix: "Key ".into(),
-        });
-        s.headers.push((
-            HeaderName::from_static("x-grafana-org"),
-            Template::parse("org-${secret:tok}").unwrap(),
-        ));
+        let s = HttpSettings {
+            basic_auth: Some(BasicAuth {
+                user: "admin".into(),
+                password_secret: "pw".into(),
+            }),
+            api_key: Some(ApiKey {
+                header: HeaderName::from_static("x-api-key"),
+                secret: "key".into(),
+                prefix: "Key ".into(),
+            }),
+            headers: vec![(
+                HeaderName::from_static("x-grafana-org"),
+                Template::parse("org-${secret:tok}").unwrap(),
+            )],
+            ..HttpSettings::default()
+        };
         let got = resolve(&s, &roles, &store()).unwrap();
         let find = |n: &str| got.iter().find(|(h, _)| h == n).map(|(_, v)| v.clone());
         assert_eq!(find("authorization").unwrap(), "Basic YWRtaW46cGE1NQ==");

@@ -14,7 +14,9 @@ use super::template::RenderError;
 /// A request the gateway answered itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
-    #[error("request headers are {size} bytes; this gateway accepts at most {limit} (max_header_bytes)")]
+    #[error(
+        "request headers are {size} bytes; this gateway accepts at most {limit} (max_header_bytes)"
+    )]
     HeadersTooLarge { size: usize, limit: usize },
     #[error("method {0} is not supported by the HTTP gateway")]
     MethodNotSupported(Method),

@@ -29,6 +29,8 @@ pub struct Session {
     pub audit: AuditSink,
     /// Upgraded (WebSocket) connections still being bridged.
     pub tasks: TaskTracker,
+    /// How the last upgraded connection ended (the session's end reason).
+    pub upgrade_end: std::sync::Mutex<Option<String>>,
 }
 
 impl Session {
@@ -73,6 +75,7 @@ impl Session {
             asserter,
             audit,
             tasks: TaskTracker::new(),
+            upgrade_end: std::sync::Mutex::new(None),
         })
     }
 }

@@ -92,8 +92,9 @@ impl Template {
                 }
             }
         }
-        let mut value = http::HeaderValue::from_bytes(out.as_bytes())
-            .map_err(|_| RenderError::NotHeaderSafe(self.secrets().collect::<Vec<_>>().join(",")))?;
+        let mut value = http::HeaderValue::from_bytes(out.as_bytes()).map_err(|_| {
+            RenderError::NotHeaderSafe(self.secrets().collect::<Vec<_>>().join(","))
+        })?;
         value.set_sensitive(true);
         Ok(value)
     }
@@ -125,10 +126,7 @@ mod tests {
         assert!(v.is_sensitive());
         assert!(!format!("{v:?}").contains("s3cr3t"));
         let t = Template::parse("${secret:a}:${secret:b}").unwrap();
-        assert_eq!(
-            t.render(&store(&[("a", "x"), ("b", "y")])).unwrap(),
-            "x:y"
-        );
+        assert_eq!(t.render(&store(&[("a", "x"), ("b", "y")])).unwrap(), "x:y");
         assert_eq!(Template::parse("plain").unwrap().secrets().count(), 0);
     }
 

@@ -110,7 +110,10 @@ action = "deny"
     assert_eq!(a.header, "x-hoop-user");
     assert_eq!(a.ttl, Duration::from_secs(120));
     assert_eq!(s.rules.len(), 2);
-    assert_eq!(s.rules[1].methods, vec![Method::POST, Method::PUT, Method::DELETE]);
+    assert_eq!(
+        s.rules[1].methods,
+        vec![Method::POST, Method::PUT, Method::DELETE]
+    );
     assert_eq!(s.rules[1].action, RuleAction::Deny);
     assert!(s.rules[0].methods.is_empty());
 }
@@ -153,7 +156,11 @@ fn refusals_name_the_key() {
 
 #[test]
 fn http_table_on_another_kind_is_refused() {
-    let text = policy("[connection.http]\npreserve_host = true").replace("kind = \"http\"", "kind = \"tcp\"\nports = [1]");
+    let text = policy("[connection.http]\npreserve_host = true")
+        .replace("kind = \"http\"", "kind = \"tcp\"\nports = [1]");
     let e = parse_policy(&text).unwrap_err().to_string();
-    assert!(e.contains("[connection.http] settings given for a connection of kind \"tcp\""), "{e}");
+    assert!(
+        e.contains("[connection.http] settings given for a connection of kind \"tcp\""),
+        "{e}"
+    );
 }

@@ -180,8 +180,7 @@ impl Upstream {
             return Err(self.broken_msg("the upstream negotiated HTTP/2 for an Upgrade"));
         };
         prepare(&mut req, Version::HTTP_11, &self.target);
-        match tokio::time::timeout(self.target.response_header_timeout, s.send_request(req)).await
-        {
+        match tokio::time::timeout(self.target.response_header_timeout, s.send_request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(self.broken(&e)),
             Err(_) => Err(self.timeout()),
@@ -340,7 +339,10 @@ mod tests {
     #[test]
     fn splits_hosts_and_ports() {
         assert_eq!(split_host_port("a.b:80"), Some(("a.b".into(), 80)));
-        assert_eq!(split_host_port("[fd00::1]:443"), Some(("fd00::1".into(), 443)));
+        assert_eq!(
+            split_host_port("[fd00::1]:443"),
+            Some(("fd00::1".into(), 443))
+        );
         assert_eq!(split_host_port("nope"), None);
         assert_eq!(split_host_port(":80"), None);
     }

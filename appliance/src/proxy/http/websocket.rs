@@ -70,8 +70,11 @@ async fn bridge(
         }
     };
     let detail = serde_json::json!({ "protocol": protocol, "path": path });
-    s.audit
-        .send(s.audit.record(AuditKind::WebsocketStart).detail(detail.clone()));
+    s.audit.send(
+        s.audit
+            .record(AuditKind::WebsocketStart)
+            .detail(detail.clone()),
+    );
     let counts = Arc::new(Counters::default());
     let mut client = Counted::new(TokioIo::new(client), Bytes::new(), counts.clone());
     let mut upstream = Counted::new(TokioIo::new(upstream), Bytes::new(), Arc::default());
@@ -82,6 +85,8 @@ async fn bridge(
         },
         _ = s.cancel.cancelled() => "closed by the appliance".to_string(),
     };
+    *s.upgrade_end.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some(format!("{protocol} connection {reason}"));
     let rec = s
         .audit
         .record(AuditKind::WebsocketEnd)

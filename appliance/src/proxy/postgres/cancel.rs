@@ -85,7 +85,10 @@ mod tests {
         };
         let g1 = reg.register(t.clone(), 4);
         let g2 = reg.register(t.clone(), 32);
-        assert_ne!((g1.process_id, &g1.secret_key), (g2.process_id, &g2.secret_key));
+        assert_ne!(
+            (g1.process_id, &g1.secret_key),
+            (g2.process_id, &g2.secret_key)
+        );
         assert!(g1.process_id > 0);
         assert_eq!(reg.lookup(g1.process_id, &g1.secret_key), Some(t));
         let (pid, key) = (g1.process_id, g1.secret_key.clone());

@@ -12,8 +12,14 @@ use super::error::PgError;
 /// The first thing a client wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientHello {
-    Cancel { process_id: i32, secret_key: Vec<u8> },
-    Startup { version: ProtocolVersion, params: Vec<(String, String)> },
+    Cancel {
+        process_id: i32,
+        secret_key: Vec<u8>,
+    },
+    Startup {
+        version: ProtocolVersion,
+        params: Vec<(String, String)>,
+    },
 }
 
 /// Reads until a StartupMessage or CancelRequest. `buf` starts with any

@@ -61,7 +61,14 @@ pub fn role_name(user: &str) -> Result<String, PgError> {
     if base.is_empty() || base.starts_with(|c: char| c.is_ascii_digit()) {
         base.insert_str(0, "u");
     }
-    let suffix = random_string(4, &ALNUM[..26].iter().chain(&ALNUM[52..]).copied().collect::<Vec<u8>>())?;
+    let suffix = random_string(
+        4,
+        &ALNUM[..26]
+            .iter()
+            .chain(&ALNUM[52..])
+            .copied()
+            .collect::<Vec<u8>>(),
+    )?;
     Ok(format!("{base}_{suffix}"))
 }
 
@@ -105,15 +112,20 @@ impl Admin {
             .get("admin_password")
             .cloned()
             .unwrap_or_else(|| "admin_password".into());
-        let password = secrets.get(&secret_name).ok_or_else(|| PgError::MissingSecret {
-            connection: conn.name.clone(),
-            secret: secret_name.clone(),
-        })?;
+        let password = secrets
+            .get(&secret_name)
+            .ok_or_else(|| PgError::MissingSecret {
+                connection: conn.name.clone(),
+                secret: secret_name.clone(),
+            })?;
         let tcp = crate::proxy::tcp::connect_upstream(&conn.upstream, timeout).await?;
         let params = vec![
             (
                 "database".to_string(),
-                settings.database.clone().unwrap_or_else(|| "postgres".into()),
+                settings
+                    .database
+                    .clone()
+                    .unwrap_or_else(|| "postgres".into()),
             ),
             ("application_name".to_string(), "hoop-appliance".to_string()),
         ];
@@ -143,7 +155,8 @@ impl Admin {
         let mut rows = Vec::new();
         let mut error = None;
         loop {
-            let (tag, total) = upstream::read_frame(&mut self.stream, &mut self.buf, self.max).await?;
+            let (tag, total) =
+                upstream::read_frame(&mut self.stream, &mut self.buf, self.max).await?;
             let frame = self.buf.split_to(total);
             let body = &frame[codec::FRAME_HEADER_LEN..];
             match tag {
@@ -182,8 +195,14 @@ impl Admin {
 }
 
 /// Creates the role for this session.
-pub async fn create(ctx: &SessionContext, settings: &PostgresSettings) -> Result<EphemeralRole, PgError> {
-    let CredentialMode::Ephemeral { grant_role, ttl, .. } = &settings.credential else {
+pub async fn create(
+    ctx: &SessionContext,
+    settings: &PostgresSettings,
+) -> Result<EphemeralRole, PgError> {
+    let CredentialMode::Ephemeral {
+        grant_role, ttl, ..
+    } = &settings.credential
+    else {
         return Err(PgError::Ephemeral {
             connection: ctx.connection.name.clone(),
             reason: "the connection is not in ephemeral mode".into(),
@@ -239,7 +258,11 @@ async fn drop_with(admin: &mut Admin, name: &str, grant_role: &str) -> Result<()
 }
 
 /// Drops a session's role.
-pub async fn drop_role(ctx: &SessionContext, settings: &PostgresSettings, name: &str) -> Result<(), PgError> {
+pub async fn drop_role(
+    ctx: &SessionContext,
+    settings: &PostgresSettings,
+    name: &str,
+) -> Result<(), PgError> {
     let CredentialMode::Ephemeral { grant_role, .. } = &settings.credential else {
         return Ok(());
     };
@@ -255,11 +278,22 @@ pub async fn drop_role(ctx: &SessionContext, settings: &PostgresSettings, name: 
 /// Drops leftover roles on one connection: every role this appliance made
 /// (`ours_too`, at startup, when none of its sessions is live) and every
 /// expired one. Returns how many.
-pub async fn sweep(conn: &Connection, settings: &PostgresSettings, shared: &Shared, ours_too: bool) -> Result<usize, PgError> {
+pub async fn sweep(
+    conn: &Connection,
+    settings: &PostgresSettings,
+    shared: &Shared,
+    ours_too: bool,
+) -> Result<usize, PgError> {
     let CredentialMode::Ephemeral { grant_role, .. } = &settings.credential else {
         return Ok(0);
     };
-    let mut admin = Admin::connect(conn, settings, &shared.secrets, shared.cfg.upstream_connect_timeout).await?;
+    let mut admin = Admin::connect(
+        conn,
+        settings,
+        &shared.secrets,
+        shared.cfg.upstream_connect_timeout,
+    )
+    .await?;
     let mine = format!("{MARKER} % instance={}", shared.signer.key_id());
     let sql = format!(
         "SELECT r.rolname FROM pg_roles r JOIN pg_shdescription d ON d.objoid = r.oid \
@@ -277,7 +311,9 @@ pub async fn sweep(conn: &Connection, settings: &PostgresSettings, shared: &Shar
     for name in names.into_iter().flatten() {
         match drop_with(&mut admin, &name, grant_role).await {
             Ok(()) => dropped += 1,
-            Err(e) => tracing::warn!(role = %name, error = %e, "sweeping a leftover ephemeral role failed"),
+            Err(e) => {
+                tracing::warn!(role = %name, error = %e, "sweeping a leftover ephemeral role failed")
+            }
         }
     }
     admin.close().await;
@@ -313,8 +349,12 @@ pub async fn sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
             let ours_too = first_done.insert(conn.name.clone());
             match sweep(conn, settings, &shared, ours_too).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(connection = %conn.name, roles = n, "swept leftover ephemeral roles"),
-                Err(e) => tracing::warn!(connection = %conn.name, error = %e, "ephemeral role sweep failed"),
+                Ok(n) => {
+                    tracing::info!(connection = %conn.name, roles = n, "swept leftover ephemeral roles")
+                }
+                Err(e) => {
+                    tracing::warn!(connection = %conn.name, error = %e, "ephemeral role sweep failed")
+                }
             }
         }
     }
@@ -330,7 +370,9 @@ mod tests {
         assert!(n.starts_with("alicesmith_"), "{n}");
         assert_eq!(n.len(), "alicesmith_".len() + 4);
         assert!(role_name("42@x").unwrap().starts_with("u42_"));
-        assert!(role_name("\"; DROP TABLE x; --").unwrap().starts_with("droptablex_"));
+        assert!(role_name("\"; DROP TABLE x; --")
+            .unwrap()
+            .starts_with("droptablex_"));
         assert_ne!(role_name("a").unwrap(), role_name("a").unwrap());
     }
 

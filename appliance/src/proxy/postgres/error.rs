@@ -52,11 +52,13 @@ impl PgError {
     /// SQLSTATE sent to the client.
     pub fn sqlstate(&self) -> &str {
         match self {
-            PgError::ClientProtocol(_) | PgError::UpstreamProtocol(_) | PgError::Unexpected(_) => "08P01",
-            PgError::Io(_) | PgError::UpstreamTls { .. } => "08006",
-            PgError::CredentialRejected { .. } | PgError::MissingSecret { .. } | PgError::UnsupportedAuth { .. } => {
-                "28000"
+            PgError::ClientProtocol(_) | PgError::UpstreamProtocol(_) | PgError::Unexpected(_) => {
+                "08P01"
             }
+            PgError::Io(_) | PgError::UpstreamTls { .. } => "08006",
+            PgError::CredentialRejected { .. }
+            | PgError::MissingSecret { .. }
+            | PgError::UnsupportedAuth { .. } => "28000",
             PgError::UpstreamRefused { sqlstate, .. } => sqlstate,
             PgError::NotAllowed(_) => "42501",
             PgError::Ephemeral { .. } => "28000",

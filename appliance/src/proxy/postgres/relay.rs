@@ -96,7 +96,10 @@ impl Shared {
                     return Ok(true);
                 }
                 if let Some(ev) = tracker.on_frontend(tag, body, now)? {
-                    self.events.lock().unwrap_or_else(|e| e.into_inner()).push(ev);
+                    self.events
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(ev);
                 }
             }
             Direction::Down => {

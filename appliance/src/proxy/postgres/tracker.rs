@@ -61,9 +61,25 @@ pub struct StatementEvent {
 
 #[derive(Debug)]
 enum Pending {
-    Simple { text: Arc<str>, started: Instant, tags: Vec<String>, rows: Option<u64>, sqlstate: Option<String>, error: Option<String> },
-    Function { started: Instant, sqlstate: Option<String>, error: Option<String> },
-    Execute { statement: String, text: Option<Arc<str>>, params: usize, started: Instant },
+    Simple {
+        text: Arc<str>,
+        started: Instant,
+        tags: Vec<String>,
+        rows: Option<u64>,
+        sqlstate: Option<String>,
+        error: Option<String>,
+    },
+    Function {
+        started: Instant,
+        sqlstate: Option<String>,
+        error: Option<String>,
+    },
+    Execute {
+        statement: String,
+        text: Option<Arc<str>>,
+        params: usize,
+        started: Instant,
+    },
     Sync,
 }
 
@@ -85,12 +101,21 @@ pub fn audit_text(text: &str) -> Arc<str> {
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    Arc::from(format!("{}… [{} more bytes]", &text[..cut], text.len() - cut))
+    Arc::from(format!(
+        "{}… [{} more bytes]",
+        &text[..cut],
+        text.len() - cut
+    ))
 }
 
 impl Tracker {
     /// A frame from the client. Returns an event for a named Parse.
-    pub fn on_frontend(&mut self, tag: u8, body: &[u8], now: Instant) -> Result<Option<StatementEvent>, CodecError> {
+    pub fn on_frontend(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        now: Instant,
+    ) -> Result<Option<StatementEvent>, CodecError> {
         match tag {
             frontend::QUERY_TAG => {
                 let q = frontend::Query::parse(body)?;
@@ -125,8 +150,10 @@ impl Tracker {
             }
             frontend::BIND_TAG => {
                 let b = frontend::Bind::parse(body)?;
-                self.portals
-                    .insert(b.portal.to_string(), (b.statement.to_string(), b.param_count()));
+                self.portals.insert(
+                    b.portal.to_string(),
+                    (b.statement.to_string(), b.param_count()),
+                );
             }
             frontend::EXECUTE_TAG => {
                 let e = frontend::Execute::parse(body)?;
@@ -173,9 +200,17 @@ impl Tracker {
     }
 
     /// A frame from the server; finished statements are appended to `out`.
-    pub fn on_backend(&mut self, tag: u8, body: &[u8], now: Instant, out: &mut Vec<StatementEvent>) -> Result<(), CodecError> {
+    pub fn on_backend(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        now: Instant,
+        out: &mut Vec<StatementEvent>,
+    ) -> Result<(), CodecError> {
         match tag {
-            backend::COMMAND_COMPLETE_TAG | backend::EMPTY_QUERY_RESPONSE_TAG | backend::PORTAL_SUSPENDED_TAG => {
+            backend::COMMAND_COMPLETE_TAG
+            | backend::EMPTY_QUERY_RESPONSE_TAG
+            | backend::PORTAL_SUSPENDED_TAG => {
                 let tag_text = if tag == backend::COMMAND_COMPLETE_TAG {
                     let c = backend::CommandComplete::parse(body)?;
                     Some((c.tag.to_string(), c.rows()))
@@ -192,13 +227,32 @@ impl Tracker {
                         }
                     }
                     Some(Pending::Execute { .. }) => {
-                        if let Some(Pending::Execute { statement, text, params, started }) = self.queue.pop_front() {
+                        if let Some(Pending::Execute {
+                            statement,
+                            text,
+                            params,
+                            started,
+                        }) = self.queue.pop_front()
+                        {
                             let (tags, rows) = match tag_text {
                                 Some((t, r)) => (vec![t], r),
                                 None => (Vec::new(), None),
                             };
-                            let outcome = if tag == backend::PORTAL_SUSPENDED_TAG { "suspended" } else { "ok" };
-                            out.push(execute_event(statement, text, params, now - started, tags, rows, None, outcome));
+                            let outcome = if tag == backend::PORTAL_SUSPENDED_TAG {
+                                "suspended"
+                            } else {
+                                "ok"
+                            };
+                            out.push(execute_event(
+                                statement,
+                                text,
+                                params,
+                                now - started,
+                                tags,
+                                rows,
+                                None,
+                                outcome,
+                            ));
                         }
                     }
                     _ => {}
@@ -209,18 +263,53 @@ impl Tracker {
                 let state = e.sqlstate().map(str::to_string);
                 let msg = e.message().map(|m| m.to_string());
                 match self.queue.front_mut() {
-                    Some(Pending::Simple { sqlstate, error, .. }) | Some(Pending::Function { sqlstate, error, .. }) => {
+                    Some(Pending::Simple {
+                        sqlstate, error, ..
+                    })
+                    | Some(Pending::Function {
+                        sqlstate, error, ..
+                    }) => {
                         *sqlstate = state;
                         *error = msg;
                     }
                     Some(Pending::Execute { .. }) => {
-                        if let Some(Pending::Execute { statement, text, params, started }) = self.queue.pop_front() {
-                            out.push(execute_event(statement, text, params, now - started, Vec::new(), None, Some((state, msg)), "error"));
+                        if let Some(Pending::Execute {
+                            statement,
+                            text,
+                            params,
+                            started,
+                        }) = self.queue.pop_front()
+                        {
+                            out.push(execute_event(
+                                statement,
+                                text,
+                                params,
+                                now - started,
+                                Vec::new(),
+                                None,
+                                Some((state, msg)),
+                                "error",
+                            ));
                         }
                         // The server ignores everything up to the next Sync.
                         while let Some(Pending::Execute { .. }) = self.queue.front() {
-                            if let Some(Pending::Execute { statement, text, params, .. }) = self.queue.pop_front() {
-                                out.push(execute_event(statement, text, params, Duration::ZERO, Vec::new(), None, None, "skipped"));
+                            if let Some(Pending::Execute {
+                                statement,
+                                text,
+                                params,
+                                ..
+                            }) = self.queue.pop_front()
+                            {
+                                out.push(execute_event(
+                                    statement,
+                                    text,
+                                    params,
+                                    Duration::ZERO,
+                                    Vec::new(),
+                                    None,
+                                    None,
+                                    "skipped",
+                                ));
                             }
                         }
                     }
@@ -231,7 +320,14 @@ impl Tracker {
                 while let Some(p) = self.queue.pop_front() {
                     match p {
                         Pending::Sync => break,
-                        Pending::Simple { text, started, tags, rows, sqlstate, error } => {
+                        Pending::Simple {
+                            text,
+                            started,
+                            tags,
+                            rows,
+                            sqlstate,
+                            error,
+                        } => {
                             let outcome = if sqlstate.is_some() { "error" } else { "ok" };
                             out.push(StatementEvent {
                                 kind: StepKind::Simple,
@@ -247,7 +343,11 @@ impl Tracker {
                             });
                             break;
                         }
-                        Pending::Function { started, sqlstate, error } => {
+                        Pending::Function {
+                            started,
+                            sqlstate,
+                            error,
+                        } => {
                             let outcome = if sqlstate.is_some() { "error" } else { "ok" };
                             out.push(StatementEvent {
                                 kind: StepKind::FunctionCall,
@@ -263,8 +363,22 @@ impl Tracker {
                             });
                             break;
                         }
-                        Pending::Execute { statement, text, params, started } => {
-                            out.push(execute_event(statement, text, params, now - started, Vec::new(), None, None, "unfinished"));
+                        Pending::Execute {
+                            statement,
+                            text,
+                            params,
+                            started,
+                        } => {
+                            out.push(execute_event(
+                                statement,
+                                text,
+                                params,
+                                now - started,
+                                Vec::new(),
+                                None,
+                                None,
+                                "unfinished",
+                            ));
                         }
                     }
                 }
@@ -279,7 +393,13 @@ impl Tracker {
         while let Some(p) = self.queue.pop_front() {
             match p {
                 Pending::Sync => {}
-                Pending::Simple { text, started, tags, rows, .. } => out.push(StatementEvent {
+                Pending::Simple {
+                    text,
+                    started,
+                    tags,
+                    rows,
+                    ..
+                } => out.push(StatementEvent {
                     kind: StepKind::Simple,
                     text: Some(text),
                     statement: None,
@@ -303,7 +423,12 @@ impl Tracker {
                     error: Some(reason.to_string()),
                     outcome: "unfinished",
                 }),
-                Pending::Execute { statement, text, params, started } => out.push(execute_event(
+                Pending::Execute {
+                    statement,
+                    text,
+                    params,
+                    started,
+                } => out.push(execute_event(
                     statement,
                     text,
                     params,

@@ -93,7 +93,9 @@ async fn start_tls(tcp: TcpStream, login: &Login<'_>) -> Result<UpstreamStream, 
     tcp.write_all(&out).await?;
     let answer = tcp.read_u8().await?;
     if answer != codec::SSL_ACCEPTED {
-        return Err(tls_err("the server does not accept TLS, but the policy requires it".into()));
+        return Err(tls_err(
+            "the server does not accept TLS, but the policy requires it".into(),
+        ));
     }
     let config = upstream_tls_config(login.settings).map_err(tls_err)?;
     let name = login
@@ -123,7 +125,9 @@ fn upstream_tls_config(settings: &PostgresSettings) -> Result<Arc<rustls::Client
                     let pem = std::fs::read(path).map_err(|e| format!("CA file {path}: {e}"))?;
                     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
                         let cert = cert.map_err(|e| format!("CA file {path}: {e}"))?;
-                        roots.add(cert).map_err(|e| format!("CA file {path}: {e}"))?;
+                        roots
+                            .add(cert)
+                            .map_err(|e| format!("CA file {path}: {e}"))?;
                     }
                 }
                 None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -160,7 +164,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -168,7 +177,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
@@ -199,7 +213,8 @@ pub async fn login(tcp: TcpStream, login: &Login<'_>) -> Result<Upstream, PgErro
         out.clear();
         match tag {
             backend::AUTHENTICATION_TAG => {
-                let auth = backend::Authentication::parse(body).map_err(PgError::UpstreamProtocol)?;
+                let auth =
+                    backend::Authentication::parse(body).map_err(PgError::UpstreamProtocol)?;
                 respond_to_auth(auth, login, &mut scram, &mut out)?;
                 if !out.is_empty() {
                     stream.write_all(&out).await?;
@@ -292,7 +307,10 @@ fn respond_to_auth(
             if !mechs.contains("SCRAM-SHA-256") {
                 return Err(unsupported("SASL without SCRAM-SHA-256"));
             }
-            let s = ScramSha256::new(password()?.expose().as_bytes(), ChannelBinding::unsupported());
+            let s = ScramSha256::new(
+                password()?.expose().as_bytes(),
+                ChannelBinding::unsupported(),
+            );
             codec::sasl_initial_response(out, "SCRAM-SHA-256", s.message()).map_err(proto)?;
             *scram = Some(s);
             Ok(())

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use russh::{client, server, ChannelId, ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf};
+use russh::{
+    client, server, ChannelId, ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::controls::{self, LineTracker, Typed};
@@ -50,7 +52,8 @@ impl Laptop {
         }
     }
     async fn data(&self, b: Bytes) -> bool {
-        self.guard(self.pressure.track(self.write.data_bytes(b))).await
+        self.guard(self.pressure.track(self.write.data_bytes(b)))
+            .await
     }
     async fn ext(&self, code: u32, b: Bytes) -> bool {
         self.guard(self.pressure.track(self.write.extended_data_bytes(code, b)))
@@ -59,7 +62,8 @@ impl Laptop {
     /// Ends the channel with a message on stderr and an exit status.
     async fn fail(&self, message: &str, pty: bool, status: u32) {
         let eol = if pty { "\r\n" } else { "\n" };
-        self.ext(1, Bytes::from(format!("appliance: {message}{eol}"))).await;
+        self.ext(1, Bytes::from(format!("appliance: {message}{eol}")))
+            .await;
         let _ = self.write.exit_status(status).await;
         let _ = self.write.eof().await;
         let _ = self.write.close().await;
@@ -156,14 +160,23 @@ pub async fn forward_channel(
                 target.originator_port,
             )
             .await
-            .map_err(|e| format!("the upstream could not connect to {}:{}: {e}", target.host, target.port)),
+            .map_err(|e| {
+                format!(
+                    "the upstream could not connect to {}:{}: {e}",
+                    target.host, target.port
+                )
+            }),
         Err(message) => Err(message),
     };
     let chan = match opened {
         Ok(c) => c,
         Err(reason) => {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
-            let rec = conn.audit(AuditKind::SshForward).outcome("error").reason(reason).detail(detail);
+            let rec = conn
+                .audit(AuditKind::SshForward)
+                .outcome("error")
+                .reason(reason)
+                .detail(detail);
             conn.record(rec).await;
             return;
         }
@@ -256,13 +269,27 @@ async fn up_loop(conn: &Conn, laptop: &Laptop, up: &UpWrite, sh: &ChanShared, rx
                 let _ = up.close().await;
                 break;
             }
-            FrontEvent::Pty { term, cols, rows, pix_w, pix_h, modes } => {
-                let r = up.request_pty(false, &term, cols, rows, pix_w, pix_h, &modes).await;
+            FrontEvent::Pty {
+                term,
+                cols,
+                rows,
+                pix_w,
+                pix_h,
+                modes,
+            } => {
+                let r = up
+                    .request_pty(false, &term, cols, rows, pix_w, pix_h, &modes)
+                    .await;
                 sh.info().pty = Some((term, cols, rows));
                 r.is_ok()
             }
             FrontEvent::Env { name, value } => up.set_env(false, name, value).await.is_ok(),
-            FrontEvent::WindowChange { cols, rows, pix_w, pix_h } => {
+            FrontEvent::WindowChange {
+                cols,
+                rows,
+                pix_w,
+                pix_h,
+            } => {
                 if let Some(rec) = sh.recorder.get() {
                     rec.resize(cols, rows).await;
                 }
@@ -285,7 +312,8 @@ async fn up_loop(conn: &Conn, laptop: &Laptop, up: &UpWrite, sh: &ChanShared, rx
                     Start::Exec(cmd) => up.exec(true, cmd).await.is_ok(),
                     Start::Subsystem(name) => {
                         if name == "sftp" {
-                            *sh.sftp.lock().unwrap_or_else(|e| e.into_inner()) = Some(SftpTracker::default());
+                            *sh.sftp.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(SftpTracker::default());
                         }
                         up.request_subsystem(true, name).await.is_ok()
                     }
@@ -294,7 +322,8 @@ async fn up_loop(conn: &Conn, laptop: &Laptop, up: &UpWrite, sh: &ChanShared, rx
             FrontEvent::Denied { command, pattern } => {
                 deny(conn, &command, &pattern, "exec").await;
                 let pty = sh.info().pty.is_some();
-                let msg = format!("command refused by the access policy (matches {pattern:?}); not run");
+                let msg =
+                    format!("command refused by the access policy (matches {pattern:?}); not run");
                 laptop.fail(&msg, pty, 126).await;
                 laptop.closed.cancel();
                 let _ = up.close().await;
@@ -323,7 +352,14 @@ async fn up_send<E>(
 
 /// Typed input of an interactive shell with deny patterns: a completed line
 /// that matches is erased (Ctrl-U) instead of entered, and the person told.
-async fn typed(conn: &Conn, laptop: &Laptop, up: &UpWrite, t: &mut LineTracker, b: Bytes, sh: &ChanShared) -> bool {
+async fn typed(
+    conn: &Conn,
+    laptop: &Laptop,
+    up: &UpWrite,
+    t: &mut LineTracker,
+    b: Bytes,
+    sh: &ChanShared,
+) -> bool {
     let (mut from, mut sent_to) = (0usize, 0usize);
     while let Typed::Line { end, line } = t.feed(&b, from) {
         from = end + 1;
@@ -374,7 +410,9 @@ async fn start_recording(conn: &Conn, sh: &ChanShared, pty: &(String, u32, u32))
         Ok(rec) => {
             let _ = sh.recorder.set(rec);
         }
-        Err(e) => tracing::error!(session = %conn.session_id, error = %e, "cannot record the session"),
+        Err(e) => {
+            tracing::error!(session = %conn.session_id, error = %e, "cannot record the session")
+        }
     }
 }
 
@@ -410,10 +448,21 @@ async fn down_loop(conn: &Conn, laptop: &Laptop, mut up: ChannelReadHalf, sh: &C
                 sh.info().exit_status = Some(exit_status);
                 laptop.guard(laptop.write.exit_status(exit_status)).await;
             }
-            ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag } => {
+            ChannelMsg::ExitSignal {
+                signal_name,
+                core_dumped,
+                error_message,
+                lang_tag,
+            } => {
                 sh.info().exit_signal = Some(super::signal_name(&signal_name));
                 if let Some(h) = &laptop.handle {
-                    let f = h.exit_signal_request(laptop.id, signal_name, core_dumped, error_message, lang_tag);
+                    let f = h.exit_signal_request(
+                        laptop.id,
+                        signal_name,
+                        core_dumped,
+                        error_message,
+                        lang_tag,
+                    );
                     laptop.guard(f).await;
                 }
             }
@@ -421,7 +470,9 @@ async fn down_loop(conn: &Conn, laptop: &Laptop, mut up: ChannelReadHalf, sh: &C
                 // Only the request that starts the channel asks for a reply.
                 sh.info().upstream_failure = true;
                 let pty = sh.info().pty.is_some();
-                laptop.fail("the upstream refused the request", pty, 1).await;
+                laptop
+                    .fail("the upstream refused the request", pty, 1)
+                    .await;
                 break;
             }
             ChannelMsg::Close => break,
@@ -450,7 +501,10 @@ async fn audit_sftp(conn: &Conn, ops: Vec<SftpOp>) {
         if let Some(s) = op.status {
             detail["status"] = s.into();
         }
-        let mut rec = conn.audit(AuditKind::SshSftp).outcome(outcome).detail(detail);
+        let mut rec = conn
+            .audit(AuditKind::SshSftp)
+            .outcome(outcome)
+            .detail(detail);
         match op.op {
             "read" => rec = rec.bytes(0, op.bytes),
             "write" => rec = rec.bytes(op.bytes, 0),
@@ -464,11 +518,7 @@ async fn audit_session(conn: &Conn, sh: &ChanShared, started: Instant) {
     let recording = sh.recorder.get().map(|r| r.id.clone());
     let info = std::mem::take(&mut *sh.info());
     let Some(start) = info.start else { return };
-    let outcome = if info.upstream_failure {
-        "error"
-    } else {
-        "ok"
-    };
+    let outcome = if info.upstream_failure { "error" } else { "ok" };
     let (kind, detail) = match &start {
         Start::Shell => (
             AuditKind::SshShell,

@@ -193,7 +193,10 @@ mod tests {
     fn commands_are_checked_whole_and_by_segment() {
         let deny = v(&["rm -rf *", "reboot*", "dd *"]);
         assert_eq!(denied_command(&deny, "rm   -rf  /tmp/x"), Some("rm -rf *"));
-        assert_eq!(denied_command(&deny, "cd / && rm -rf tmp"), Some("rm -rf *"));
+        assert_eq!(
+            denied_command(&deny, "cd / && rm -rf tmp"),
+            Some("rm -rf *")
+        );
         assert_eq!(denied_command(&deny, "echo a; reboot"), Some("reboot*"));
         assert_eq!(denied_command(&deny, "x=$(dd if=/dev/zero)"), Some("dd *"));
         assert_eq!(denied_command(&deny, "ls -l"), None);
@@ -208,7 +211,11 @@ mod tests {
         assert!(!env_allowed(&allow, "LD_PRELOAD"));
         assert!(!env_allowed(&allow, ""));
         assert!(forward_allowed(&v(&["*"]), "10.0.0.1", 80));
-        assert!(forward_allowed(&v(&["localhost:*", "127.0.0.1:8*"]), "127.0.0.1", 8080));
+        assert!(forward_allowed(
+            &v(&["localhost:*", "127.0.0.1:8*"]),
+            "127.0.0.1",
+            8080
+        ));
         assert!(!forward_allowed(&v(&["127.0.0.1:8*"]), "127.0.0.1", 22));
     }
 
@@ -241,10 +248,7 @@ mod tests {
             }
         );
         // History recall makes the line unknown.
-        assert_eq!(
-            t.feed(b"\x1b[A\r", 0),
-            Typed::Line { end: 3, line: None }
-        );
+        assert_eq!(t.feed(b"\x1b[A\r", 0), Typed::Line { end: 3, line: None });
         assert_eq!(
             t.feed(b"pwd\n", 0),
             Typed::Line {

@@ -310,8 +310,13 @@ pub fn run_command(cmd: RecordingsCommand) -> Result<(), RecordingError> {
             match out {
                 Some(dest) => {
                     std::fs::copy(&path, &dest).map_err(io_err(&dest))?;
-                    writeln!(stdout, "wrote {} (play it: asciinema play {})", dest.display(), dest.display())
-                        .map_err(io_err(Path::new("stdout")))?;
+                    writeln!(
+                        stdout,
+                        "wrote {} (play it: asciinema play {})",
+                        dest.display(),
+                        dest.display()
+                    )
+                    .map_err(io_err(Path::new("stdout")))?;
                 }
                 None => {
                     let mut f = std::fs::File::open(&path).map_err(io_err(&path))?;

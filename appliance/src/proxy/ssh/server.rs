@@ -118,7 +118,9 @@ impl server::Handler for Front {
                 .reason(reason)
                 .detail(serde_json::json!({ "host": host, "port": port, "originator": format!("{originator_address}:{originator_port}") }));
             self.conn.record(rec).await;
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         }
         let id = channel.id();
@@ -253,8 +255,11 @@ impl server::Handler for Front {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.push(channel, FrontEvent::Start(Start::Subsystem(name.to_string())))
-            .await?;
+        self.push(
+            channel,
+            FrontEvent::Start(Start::Subsystem(name.to_string())),
+        )
+        .await?;
         session.channel_success(channel)
     }
 

@@ -101,7 +101,10 @@ impl Framer {
             data = &data[take..];
             self.remaining -= take;
             if self.remaining == 0 {
-                out.push(Framed::Packet(std::mem::take(&mut self.head), self.head_total));
+                out.push(Framed::Packet(
+                    std::mem::take(&mut self.head),
+                    self.head_total,
+                ));
             }
         }
         Ok(())
@@ -135,7 +138,8 @@ impl<'a> Reader<'a> {
         Some(a)
     }
     fn string(&mut self) -> Option<String> {
-        self.bytes().map(|b| String::from_utf8_lossy(b).into_owned())
+        self.bytes()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
     }
 }
 
@@ -284,7 +288,11 @@ impl SftpTracker {
             FXP_RENAME | FXP_SYMLINK => {
                 let a = r.string()?;
                 let b = r.string()?;
-                let op = if kind == FXP_RENAME { "rename" } else { "symlink" };
+                let op = if kind == FXP_RENAME {
+                    "rename"
+                } else {
+                    "symlink"
+                };
                 self.remember(id, Pending::Simple(simple(op, a, Some(b))));
             }
             FXP_EXTENDED => {
@@ -292,7 +300,11 @@ impl SftpTracker {
                 if name == "posix-rename@openssh.com" || name == "hardlink@openssh.com" {
                     let a = r.string()?;
                     let b = r.string()?;
-                    let op = if name.starts_with("posix") { "rename" } else { "link" };
+                    let op = if name.starts_with("posix") {
+                        "rename"
+                    } else {
+                        "link"
+                    };
                     self.remember(id, Pending::Simple(simple(op, a, Some(b))));
                 }
             }
@@ -411,11 +423,17 @@ mod tests {
         assert_eq!(ops[0].mode, "w");
         assert_eq!(ops[0].path, "/tmp/up.bin");
         // two writes of 1000 bytes, fed one byte at a time for the first
-        let w = packet(FXP_WRITE, &[id(2), s(b"h1"), vec![0; 8], s(&[7u8; 1000])].concat());
+        let w = packet(
+            FXP_WRITE,
+            &[id(2), s(b"h1"), vec![0; 8], s(&[7u8; 1000])].concat(),
+        );
         for b in &w {
             assert!(t.client_bytes(&[*b]).is_empty());
         }
-        let w2 = packet(FXP_WRITE, &[id(3), s(b"h1"), vec![0; 8], s(&[7u8; 1000])].concat());
+        let w2 = packet(
+            FXP_WRITE,
+            &[id(3), s(b"h1"), vec![0; 8], s(&[7u8; 1000])].concat(),
+        );
         t.client_bytes(&w2);
         let ops = t.client_bytes(&packet(FXP_CLOSE, &[id(4), s(b"h1")].concat()));
         assert_eq!(
@@ -430,18 +448,33 @@ mod tests {
             }]
         );
         // read: open r, read, data reply of 500 bytes, close
-        t.client_bytes(&packet(FXP_OPEN, &[id(5), s(b"/etc/hosts"), id(1), id(0)].concat()));
+        t.client_bytes(&packet(
+            FXP_OPEN,
+            &[id(5), s(b"/etc/hosts"), id(1), id(0)].concat(),
+        ));
         t.server_bytes(&packet(FXP_HANDLE, &[id(5), s(b"h2")].concat()));
-        t.client_bytes(&packet(FXP_READ, &[id(6), s(b"h2"), vec![0; 8], id(32768)].concat()));
+        t.client_bytes(&packet(
+            FXP_READ,
+            &[id(6), s(b"h2"), vec![0; 8], id(32768)].concat(),
+        ));
         t.server_bytes(&packet(FXP_DATA, &[id(6), s(&[1u8; 500])].concat()));
         let ops = t.client_bytes(&packet(FXP_CLOSE, &[id(7), s(b"h2")].concat()));
         assert_eq!((ops[0].op, ops[0].bytes), ("read", 500));
         // remove and rename, completed by their STATUS replies
         t.client_bytes(&packet(FXP_REMOVE, &[id(8), s(b"/tmp/x")].concat()));
-        let ops = t.server_bytes(&packet(FXP_STATUS, &[id(8), id(2), s(b"no such file"), s(b"")].concat()));
-        assert_eq!((ops[0].op, ops[0].path.as_str(), ops[0].status), ("remove", "/tmp/x", Some(2)));
+        let ops = t.server_bytes(&packet(
+            FXP_STATUS,
+            &[id(8), id(2), s(b"no such file"), s(b"")].concat(),
+        ));
+        assert_eq!(
+            (ops[0].op, ops[0].path.as_str(), ops[0].status),
+            ("remove", "/tmp/x", Some(2))
+        );
         t.client_bytes(&packet(FXP_RENAME, &[id(9), s(b"/a"), s(b"/b")].concat()));
-        let ops = t.server_bytes(&packet(FXP_STATUS, &[id(9), id(0), s(b""), s(b"")].concat()));
+        let ops = t.server_bytes(&packet(
+            FXP_STATUS,
+            &[id(9), id(0), s(b""), s(b"")].concat(),
+        ));
         assert_eq!(ops[0].target.as_deref(), Some("/b"));
         assert!(!t.disabled());
     }
@@ -449,7 +482,9 @@ mod tests {
     #[test]
     fn garbage_disables_without_panicking() {
         let mut t = SftpTracker::default();
-        assert!(t.client_bytes(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).is_empty());
+        assert!(t
+            .client_bytes(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+            .is_empty());
         assert!(t.disabled());
         assert!(t.client_bytes(b"anything").is_empty());
         let mut t = SftpTracker::default();

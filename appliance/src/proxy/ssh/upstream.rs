@@ -81,7 +81,8 @@ impl client::Handler for Back {
 pub type UpstreamHandle = client::Handle<Back>;
 
 fn config(settings: &SshSettings) -> client::Config {
-    let keepalive = (settings.keepalive_secs > 0).then(|| Duration::from_secs(settings.keepalive_secs));
+    let keepalive =
+        (settings.keepalive_secs > 0).then(|| Duration::from_secs(settings.keepalive_secs));
     client::Config {
         window_size: super::WINDOW,
         maximum_packet_size: super::MAX_PACKET,
@@ -102,11 +103,15 @@ pub fn credential(
 ) -> Result<Credential, UpstreamError> {
     let named = |role: &str| connection.secrets.get(role).cloned();
     if let Some(name) = named("private_key") {
-        let s = secrets.get(&name).ok_or(UpstreamError::SecretMissing(name))?;
+        let s = secrets
+            .get(&name)
+            .ok_or(UpstreamError::SecretMissing(name))?;
         return Ok(Credential::PrivateKey(s));
     }
     if let Some(name) = named("password") {
-        let s = secrets.get(&name).ok_or(UpstreamError::SecretMissing(name))?;
+        let s = secrets
+            .get(&name)
+            .ok_or(UpstreamError::SecretMissing(name))?;
         return Ok(Credential::Password(s));
     }
     Err(UpstreamError::NoCredential {
@@ -140,7 +145,9 @@ where
     };
     let mut handle = match client::connect_stream(Arc::new(config(settings)), stream, back).await {
         Ok(h) => h,
-        Err(e) => return Err(mismatch(&presented).unwrap_or(UpstreamError::Protocol(e.to_string()))),
+        Err(e) => {
+            return Err(mismatch(&presented).unwrap_or(UpstreamError::Protocol(e.to_string())))
+        }
     };
     let result = match credential {
         Credential::Password(p) => handle.authenticate_password(user, p.expose()).await,

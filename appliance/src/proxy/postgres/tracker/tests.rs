@@ -16,7 +16,16 @@ fn msg(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
 }
 
 fn parse(name: &str, sql: &str) -> Vec<u8> {
-    msg(b'P', &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0", &0i16.to_be_bytes()])
+    msg(
+        b'P',
+        &[
+            name.as_bytes(),
+            b"\0",
+            sql.as_bytes(),
+            b"\0",
+            &0i16.to_be_bytes(),
+        ],
+    )
 }
 
 fn bind(portal: &str, stmt: &str, params: i16) -> Vec<u8> {
@@ -80,7 +89,10 @@ fn simple_query_with_several_statements_is_one_event() {
     let ev = back(&mut t, &ready());
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].kind, StepKind::Simple);
-    assert_eq!(ev[0].text.as_deref(), Some("insert into t values (1); select 1"));
+    assert_eq!(
+        ev[0].text.as_deref(),
+        Some("insert into t values (1); select 1")
+    );
     assert_eq!(ev[0].tags, vec!["INSERT 0 1", "SELECT 1"]);
     assert_eq!(ev[0].rows, Some(2));
     assert_eq!(ev[0].outcome, "ok");
@@ -149,7 +161,10 @@ fn pipeline_error_skips_to_sync() {
     let ev = back(&mut t, &complete("SELECT 1"));
     assert_eq!(ev[0].outcome, "ok");
     let ev = back(&mut t, &error("22012"));
-    assert_eq!(ev.iter().map(|e| e.outcome).collect::<Vec<_>>(), vec!["error", "skipped"]);
+    assert_eq!(
+        ev.iter().map(|e| e.outcome).collect::<Vec<_>>(),
+        vec!["error", "skipped"]
+    );
     assert!(back(&mut t, &ready()).is_empty());
     // The step after the Sync runs normally.
     let ev = back(&mut t, &complete("SELECT 1"));

@@ -437,7 +437,7 @@ async fn keep_alive_http10_malformed_and_limits() {
         &name,
         &nginx.addr.to_string(),
         &["cy"],
-        "[connection.http]\nmax_header_bytes = 8192",
+        "[connection.http]\nmax_header_bytes = 8192\nidle_timeout = \"1s\"",
     );
     let (app, tl, at) = start(&conns, "cy", &[&name]).await;
     let at = at[&name];
@@ -526,6 +526,26 @@ async fn keep_alive_http10_malformed_and_limits() {
         r.body
     );
 
+    // An idle keep-alive connection is closed after idle_timeout.
+    let mut s = TcpStream::connect(at).await.expect("connect");
+    s.write_all(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, body) = read_response(&mut s).await;
+    assert!(
+        head.starts_with("HTTP/1.1 200") && body == b"hello\n",
+        "{head}"
+    );
+    let t = Instant::now();
+    closed(&mut s)
+        .await
+        .expect("idle connection still open after 3 s");
+    assert!(
+        t.elapsed() > Duration::from_millis(800),
+        "{:?}",
+        t.elapsed()
+    );
+
     // The 1,000 requests are audited in one session; the malformed ones too.
     assert!(e2e::eventually(Duration::from_secs(5), || app.live_sessions() == 0).await);
     let recs = http_records(&app, &name).await;
@@ -542,6 +562,12 @@ async fn keep_alive_http10_malformed_and_limits() {
             .count()
             >= 3,
         "malformed requests not audited"
+    );
+    let ends = app.audit(Some(AuditKind::SessionEnd)).await;
+    assert!(
+        ends.iter()
+            .any(|r| r.record.reason.as_deref() == Some("idle for 1s (idle_timeout)")),
+        "{ends:#?}"
     );
     tl.stop().await;
     app.stop().await;

@@ -434,3 +434,31 @@ async fn malformed_headers_are_refused_and_others_keep_working() {
     assert_eq!(&buf, b"more");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_tunnels_resume_the_tls_session() {
+    let upstream = e2e::echo_upstream().await;
+    let app = ApplianceFixture::start(&policy_with(
+        1,
+        &tcp_connection("echo", &upstream.to_string(), &[1], &["ivy"], &[]),
+    ))
+    .await;
+    let client = client_for(&app);
+    let token = app.token("ivy", &[], HOUR);
+    let first = client.open_tunnel(&token, "echo", 1).await.unwrap();
+    assert_eq!(
+        first.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    assert_eq!(
+        first.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    drop(first);
+    let second = client.open_tunnel(&token, "echo", 1).await.unwrap();
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    app.stop().await;
+}

@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod postgres;
+pub mod postgres_controls;
 pub mod ssh;
 
 use toml::Spanned;

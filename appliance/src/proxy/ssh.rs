@@ -177,10 +177,18 @@ pub async fn serve(
         tasks: Mutex::new(Vec::new()),
         seq: AtomicU32::new(0),
     });
+    let mut tunnel = Guarded::new(stream, pending, kill.clone(), counters.clone());
+    // Log in upstream in parallel with the laptop's handshake, but only once
+    // the laptop has said something (port probes open empty tunnels).
+    let laptop_spoke = tunnel.on_first_byte();
     let up_stream = Guarded::new(upstream_tcp, Bytes::new(), kill.clone(), Arc::default());
-    conn.spawn(connect_upstream(conn.clone(), up_stream, up_tx));
+    conn.spawn(connect_upstream(
+        conn.clone(),
+        laptop_spoke,
+        up_stream,
+        up_tx,
+    ));
 
-    let tunnel = Guarded::new(stream, pending, kill.clone(), counters.clone());
     let config = Arc::new(server_config((*host_key).clone(), &settings));
     let front = server::Front::new(conn.clone());
     let reason = tokio::select! {
@@ -223,10 +231,17 @@ pub async fn serve(
 /// Logs in upstream and publishes the outcome to the channel tasks.
 async fn connect_upstream(
     conn: Arc<Conn>,
+    laptop_spoke: tokio::sync::oneshot::Receiver<()>,
     stream: Guarded<TcpStream>,
     tx: watch::Sender<UpstreamState>,
 ) {
+    if laptop_spoke.await.is_err() {
+        return;
+    }
     let result = login(&conn, stream).await;
+    if conn.kill.is_cancelled() {
+        return;
+    }
     let state = match result {
         Ok(h) => Ok(Arc::new(h)),
         Err(e) => {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::postgres_controls::PgControls;
 use crate::policy::PolicyError;
 
 /// Startup parameters a client may pass upstream unless the policy says otherwise.
@@ -75,6 +76,8 @@ pub struct PostgresSettings {
     /// Bound on one protocol message, in bytes.
     pub max_message_bytes: usize,
     pub credential: CredentialMode,
+    /// Guardrails, masking, approvals.
+    pub controls: PgControls,
 }
 
 impl Default for PostgresSettings {
@@ -92,6 +95,7 @@ impl Default for PostgresSettings {
                 .collect(),
             max_message_bytes: DEFAULT_MAX_MESSAGE,
             credential: CredentialMode::Inject,
+            controls: PgControls::default(),
         }
     }
 }
@@ -109,6 +113,9 @@ struct RawPostgresSettings {
     startup_params: Option<Vec<String>>,
     max_message_bytes: Option<usize>,
     credential: Option<RawCredential>,
+    guardrails: Option<toml::Table>,
+    masking: Option<toml::Table>,
+    approval: Option<toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -207,7 +214,10 @@ pub(super) fn parse(table: toml::Table, whence: &str) -> Result<PostgresSettings
             }
         },
     };
+    let controls =
+        super::postgres_controls::parse(raw.guardrails, raw.masking, raw.approval, whence)?;
     Ok(PostgresSettings {
+        controls,
         user,
         database: raw.database,
         allowed_databases: raw.allowed_databases,

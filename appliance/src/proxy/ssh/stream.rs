@@ -39,6 +39,8 @@ pub(super) struct Guarded<S> {
     kill: Pin<Box<WaitForCancellationFutureOwned>>,
     killed: bool,
     counters: Arc<Counters>,
+    /// Fired by the first byte read (see [`Guarded::on_first_byte`]).
+    first_byte: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl<S> Guarded<S> {
@@ -49,6 +51,23 @@ impl<S> Guarded<S> {
             kill: Box::pin(kill.cancelled_owned()),
             killed: false,
             counters,
+            first_byte: None,
+        }
+    }
+
+    /// A receiver that completes when the first byte has been read.
+    pub fn on_first_byte(&mut self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.first_byte = Some(tx);
+        rx
+    }
+
+    fn count_read(&mut self, n: usize) {
+        self.counters.read.fetch_add(n as u64, Ordering::Relaxed);
+        if n > 0 {
+            if let Some(tx) = self.first_byte.take() {
+                let _ = tx.send(());
+            }
         }
     }
 
@@ -79,14 +98,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
-            this.counters.read.fetch_add(n as u64, Ordering::Relaxed);
+            this.count_read(n);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
             let n = buf.filled().len() - before;
-            this.counters.read.fetch_add(n as u64, Ordering::Relaxed);
+            this.count_read(n);
         }
         r
     }

@@ -7,6 +7,9 @@
 //! - `GET  /v1/connections`  (Bearer session token) what this person may reach
 //! - `GET  /.well-known/jwks.json`  the appliance's public keys (session tokens,
 //!   HTTP identity assertions)
+//! - `GET  /v1/approvals`   (Bearer) held requests the caller may decide
+//! - `POST /v1/approvals/{id}/approve|deny`  (Bearer) `{"reason": "..."}`; see
+//!   [`crate::approvals::api`]
 //!
 //! Request bodies are bounded by `MAX_BODY`; errors are JSON `{"error", "reason"}`
 //! and never echo tokens.
@@ -62,15 +65,21 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Rep
         (&Method::GET, "/v1/info") => info(shared),
         (&Method::POST, "/v1/login") => login(req, peer, shared).await,
         (&Method::GET, "/v1/connections") => connections(&req, shared),
+        (&Method::GET, "/v1/approvals") => approvals_list(&req, shared),
+        (&Method::POST, p) if p.starts_with(crate::approvals::api::PREFIX) => {
+            approvals_decide(req, shared, &path).await
+        }
         // Session-token key and the HTTP gateway's identity assertion key.
         (&Method::GET, "/.well-known/jwks.json") => {
             json(StatusCode::OK, &crate::proxy::http::jwks(shared))
         }
-        (_, "/v1/health" | "/v1/info" | "/v1/login" | "/v1/connections") => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "method not allowed",
-        ),
+        (_, "/v1/health" | "/v1/info" | "/v1/login" | "/v1/connections" | "/v1/approvals") => {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed",
+            )
+        }
         _ => error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -322,4 +331,78 @@ fn connections(req: &Request<Incoming>, shared: &Shared) -> Reply {
             connections: list,
         },
     )
+}
+
+/// The caller's identity from `Authorization: Bearer <session token>`, or the
+/// reply refusing it (missing, expired, invalid, revoked).
+fn bearer_identity(
+    req: &Request<Incoming>,
+    shared: &Shared,
+) -> Result<crate::identity::Identity, Reply> {
+    let token = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            error(
+                StatusCode::UNAUTHORIZED,
+                "token_missing",
+                "send the session token as `Authorization: Bearer <token>`",
+            )
+        })?;
+    let claims = shared.signer.verify(token).map_err(|e| match e {
+        IdentityError::Expired { .. } => error(
+            StatusCode::UNAUTHORIZED,
+            "token_expired",
+            "session token expired; run `tunnel-lite login` again",
+        ),
+        e => error(
+            StatusCode::UNAUTHORIZED,
+            "token_invalid",
+            &format!("session token refused ({e}); run `tunnel-lite login` again"),
+        ),
+    })?;
+    let identity = SessionSigner::identity_of(&claims);
+    if shared.revoked.borrow().contains(&identity.user) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "identity_revoked",
+            &format!("access for {} has been revoked", identity.user),
+        ));
+    }
+    Ok(identity)
+}
+
+fn approval_reply<T: Serialize>(r: Result<T, crate::approvals::api::ApiFailure>) -> Reply {
+    match r {
+        Ok(body) => json(StatusCode::OK, &body),
+        Err(f) => error(f.status, f.code, &f.reason),
+    }
+}
+
+fn approvals_list(req: &Request<Incoming>, shared: &Shared) -> Reply {
+    match bearer_identity(req, shared) {
+        Ok(who) => approval_reply(crate::approvals::api::list(&shared.approvals, &who)),
+        Err(reply) => reply,
+    }
+}
+
+async fn approvals_decide(req: Request<Incoming>, shared: &Shared, path: &str) -> Reply {
+    let who = match bearer_identity(&req, shared) {
+        Ok(who) => who,
+        Err(reply) => return reply,
+    };
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &format!("request body exceeds {MAX_BODY} bytes or was cut off"),
+            )
+        }
+    };
+    approval_reply(crate::approvals::api::decide(&shared.approvals, &who, path, &body).await)
 }

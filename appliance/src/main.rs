@@ -63,6 +63,14 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// List, approve and deny held statements, HTTP requests and commands on
+    /// this host. Approving or denying acts as `--as USER --groups G1,G2`
+    /// (break-glass, audited with the OS user); the serving appliance wakes
+    /// the waiting session within a second.
+    Approvals {
+        #[command(subcommand)]
+        command: appliance::approvals::cli::ApprovalsCommand,
+    },
     /// List and export recorded SSH sessions (asciicast v2).
     Recordings {
         #[command(subcommand)]
@@ -332,6 +340,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Approvals { command } => Ok(appliance::approvals::cli::run(command).await?),
         Command::Recordings { command } => Ok(appliance::proxy::ssh::recordings_command(command)?),
         Command::Fingerprint { config } => {
             let cfg = RuntimeConfig::load(config.as_deref())?;
@@ -413,6 +422,7 @@ async fn write_audit(cfg: &RuntimeConfig, rec: AuditRecord) -> Result<()> {
         db_path: cfg.db_path(),
         queue_capacity: 16,
         max_batch: 16,
+        checkpoint_key: None,
     })?;
     handle.record(rec).await?;
     handle.flush().await?;

@@ -10,6 +10,7 @@
 mod decide;
 pub mod kinds;
 mod loader;
+pub mod routes;
 mod schema;
 mod signature;
 mod validate;

@@ -51,6 +51,8 @@ pub struct Shared {
     pub fingerprint: String,
     /// Cancel keys handed to PostgreSQL clients.
     pub pg_cancel: crate::proxy::postgres::cancel::CancelRegistry,
+    /// Requests held for a human approval (statements, HTTP requests, commands).
+    pub approvals: crate::approvals::Approvals,
     /// IdP verifier built for the policy version it came from.
     idp: Mutex<Option<(u64, Arc<IdpVerifier>)>>,
 }
@@ -179,10 +181,13 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
         db_path: db.clone(),
         queue_capacity: cfg.audit_queue,
         max_batch: 512,
+        checkpoint_key: None,
     })?;
     let revocations = RevocationStore::open(&db)?;
     let (revoked_tx, revoked_rx) = watch::channel(revocations.snapshot()?);
     let state = PolicyState::open(&db)?;
+    let approvals = crate::approvals::Approvals::open(&db, audit.clone())
+        .map_err(|e| ServerError::State(db.display().to_string(), e.to_string()))?;
 
     let mut trusted = Vec::new();
     for k in &cfg.trusted_policy_keys {
@@ -220,6 +225,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
         fingerprint: tls.fingerprint.clone(),
         idp: Mutex::new(None),
         pg_cancel: Default::default(),
+        approvals,
         cfg,
     });
     let _ = audit
@@ -256,6 +262,13 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
             shared.cfg.revocation_poll_interval,
             shutdown.clone(),
         )),
+        // Wakes sessions whose request the local CLI decided; times out the rest.
+        tokio::spawn(
+            shared
+                .approvals
+                .clone()
+                .run_poller(shared.cfg.revocation_poll_interval, shutdown.clone()),
+        ),
     ];
     Ok(Running {
         addr,

@@ -2,6 +2,7 @@
 //! clients (psql, ssh, dig, minisign, the tunnel-lite and appliance CLIs)
 //! against real servers started by the fixtures in `tests/support`.
 
+mod approvals;
 mod bundles;
 mod cli;
 mod dns;

@@ -780,10 +780,10 @@ async fn revoked_user_session_closes_within_a_second() {
     assert!(!status.success());
     let o = child.wait_with_output().unwrap();
     eprintln!("revoked ssh said: {}", err(&o));
-    let ends = gw.audit(AuditKind::SessionEnd).await;
-    assert!(ends
-        .iter()
-        .any(|r| r.record.reason.as_deref() == Some("identity revoked")));
+    gw.wait_audit(AuditKind::SessionEnd, |r| {
+        r.record.reason.as_deref() == Some("identity revoked") && r.record.user.as_deref() == Some("erin")
+    })
+    .await;
     gw.stop().await;
 }
 
@@ -837,4 +837,85 @@ async fn ecdsa_and_rsa_upstream_keys() {
     assert!(log.contains("RSA SHA256:"), "{log}");
     tl.stop().await;
     app.stop().await;
+}
+
+/// What the stuck-lane test allows: 20 sessions that each log in, run a
+/// command and upload 1 MiB complete within this, while one session of the
+/// same person on the same connection is stuck.
+const TWENTY_SESSIONS_BOUND: Duration = Duration::from_secs(30);
+/// Bytes a client may push into a session whose upstream never reads before
+/// it is made to wait (windows and socket buffers of every leg).
+const STUCK_BUFFER_BOUND: u64 = 48 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_session_does_not_delay_twenty_others() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let gw = gateway("").await;
+    // The upstream command never reads its stdin; the client writes forever.
+    let mut stuck = gw
+        .ssh()
+        .arg("sleep 45")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = stuck.stdin.take().unwrap();
+    let pushed = Arc::new(AtomicU64::new(0));
+    let counter = pushed.clone();
+    std::thread::spawn(move || {
+        let buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = stdin.write(&buf) {
+            counter.fetch_add(n as u64, Ordering::SeqCst);
+        }
+    });
+    // Stuck: nothing more goes in for a second.
+    let mut last = u64::MAX;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = pushed.load(Ordering::SeqCst);
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+    }
+    let stuck_at = pushed.load(Ordering::SeqCst);
+    eprintln!("the stuck session took {} KiB before blocking", stuck_at / 1024);
+    assert!(stuck_at > 0 && stuck_at < STUCK_BUFFER_BOUND, "{stuck_at}");
+
+    let payload = gw.tmp.path().join("one-mib.bin");
+    random_file(&payload, 1);
+    let started = Instant::now();
+    let mut jobs = Vec::new();
+    for i in 0..20 {
+        let mut ssh = gw.ssh();
+        ssh.arg(format!("echo ok-{i}"));
+        let mut scp = Command::new("scp");
+        scp.args(gw.opts())
+            .args(["-q", "-P", "22"])
+            .arg(&payload)
+            .arg(format!("x@{}:{}/copy-{i}.bin", gw.host(), gw.tmp.path().display()));
+        jobs.push(tokio::task::spawn_blocking(move || {
+            let o = run(&mut ssh, true);
+            assert_eq!(String::from_utf8_lossy(&o.stdout), format!("ok-{i}\n"));
+            run(&mut scp, true);
+        }));
+    }
+    for j in jobs {
+        j.await.unwrap();
+    }
+    let took = started.elapsed();
+    eprintln!("20 sessions (login, command, 1 MiB upload) took {took:?} beside the stuck one");
+    assert!(took < TWENTY_SESSIONS_BOUND, "{took:?}");
+    for i in 0..20 {
+        assert_eq!(sha256(&gw.tmp.path().join(format!("copy-{i}.bin"))), sha256(&payload));
+    }
+    // The stuck session is still there, still stuck.
+    assert!(stuck.try_wait().unwrap().is_none(), "the stuck session ended");
+    assert_eq!(pushed.load(Ordering::SeqCst), stuck_at);
+    let _ = stuck.kill();
+    let _ = stuck.wait();
+    gw.stop().await;
 }

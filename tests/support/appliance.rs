@@ -230,6 +230,11 @@ impl ApplianceFixture {
         jsonwebtoken::encode(&header, claims, &key).expect("sign claims")
     }
 
+    /// The running appliance's approvals (file requests as a gateway would).
+    pub fn approvals(&self) -> appliance::approvals::Approvals {
+        self.running().shared.approvals.clone()
+    }
+
     pub fn live_sessions(&self) -> usize {
         self.running().shared.sessions.len()
     }

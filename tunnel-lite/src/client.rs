@@ -10,7 +10,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::api::{ApiError, ConnectionsResponse, InfoResponse, LoginRequest, LoginResponse};
+use crate::api::{
+    ApiError, ApprovalDecision, ApprovalInfo, ApprovalsResponse, ConnectionsResponse, InfoResponse,
+    LoginRequest, LoginResponse,
+};
 use crate::http::{self, HttpResponse};
 use crate::tls::{self, Trust};
 use crate::wire::{self, Request, Status, MAX_REQUEST, MAX_RESPONSE};
@@ -253,5 +256,35 @@ impl ApplianceClient {
                 .api("GET", "/v1/connections", Some(token), None)
                 .await?,
         )
+    }
+
+    /// `GET /v1/approvals`: held requests this person may decide, and their own.
+    pub async fn approvals(&self, token: &str) -> Result<ApprovalsResponse, ClientError> {
+        Self::parse(&self.api("GET", "/v1/approvals", Some(token), None).await?)
+    }
+
+    /// Approves (`approve`) or denies a held request; a denial needs a reason.
+    /// Returns the request as decided.
+    pub async fn decide_approval(
+        &self,
+        token: &str,
+        id: &str,
+        approve: bool,
+        reason: Option<&str>,
+    ) -> Result<ApprovalInfo, ClientError> {
+        let id = id.trim();
+        // The id goes into the URL path: only what an id can be.
+        if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(ClientError::Protocol(format!(
+                "{id:?} is not an approval id (see `tunnel-lite approvals list`)"
+            )));
+        }
+        let body = serde_json::to_vec(&ApprovalDecision {
+            reason: reason.map(str::to_string),
+        })
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let action = if approve { "approve" } else { "deny" };
+        let path = format!("/v1/approvals/{id}/{action}");
+        Self::parse(&self.api("POST", &path, Some(token), Some(body)).await?)
     }
 }

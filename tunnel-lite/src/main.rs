@@ -57,6 +57,11 @@ enum Command {
     },
     /// Show who you are, the token's expiry, and the names you can reach.
     Status,
+    /// List, approve and deny statements, requests and commands held for approval.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
     /// Print (or, with --apply, install) the split-DNS configuration for *.SUFFIX.
     DnsSetup {
         /// Write the files and run the commands (needs root).
@@ -71,6 +76,30 @@ enum Command {
         /// The binary that needs cap_net_bind_service (default: this one).
         #[arg(long, hide = true)]
         binary: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Held requests you may decide (and your own, waiting): id, requester,
+    /// connection, kind, text, age, expires in.
+    List {
+        /// The appliance's JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a held request (never your own): it runs.
+    Approve {
+        id: String,
+        /// An optional note for the audit trail.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deny a held request: the requester sees your name and the reason.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -187,6 +216,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Status => status(&dir).await,
+        Command::Approvals { command } => approvals(&dir, command).await,
         Command::DnsSetup {
             apply,
             dns_listen,
@@ -231,6 +261,40 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `tunnel-lite approvals ...` with the stored session token.
+async fn approvals(dir: &std::path::Path, command: ApprovalsCommand) -> Result<()> {
+    let st = State::load(dir)?;
+    let client = ApplianceClient::new(&st.appliance, &st.trust.to_trust()?)?;
+    let (id, approve, reason) = match command {
+        ApprovalsCommand::List { json } => {
+            let list = client.approvals(&st.session_token).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.approvals.is_empty() {
+                println!("no requests waiting for a decision");
+            } else {
+                print!("{}", list.to_table());
+            }
+            return Ok(());
+        }
+        ApprovalsCommand::Approve { id, reason } => (id, true, reason),
+        ApprovalsCommand::Deny { id, reason } => (id, false, Some(reason)),
+    };
+    let a = client
+        .decide_approval(&st.session_token, &id, approve, reason.as_deref())
+        .await?;
+    println!(
+        "{} {}: {} by {} on {}: {}",
+        if approve { "approved" } else { "denied" },
+        a.id,
+        a.kind,
+        a.user,
+        a.connection,
+        tunnel_lite::api::shorten(&a.text, 72)
+    );
+    Ok(())
 }
 
 /// The appliance's SSH host keys (empty, with a note, if it cannot be asked).

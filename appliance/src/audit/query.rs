@@ -27,13 +27,43 @@ pub struct AuditFilter {
     pub limit: Option<usize>,
 }
 
-/// A record as stored, with its sequence number. Serializes flat
-/// (`{"seq":1,"time_ms":...,"kind":"login",...}`).
+/// A record as stored, with its sequence number, stable id and chain hashes.
+/// Serializes flat (`{"seq":1,"id":"...","time_ms":...,"kind":"login",...}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredRecord {
     pub seq: i64,
+    /// Stable id (`<appliance id>-<seq>`), the de-duplication key for receivers.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     #[serde(flatten)]
     pub record: AuditRecord,
+    /// Hash of the previous record (lowercase hex; see `audit::chain`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prev_hash: String,
+    /// This record's hash.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+}
+
+impl StoredRecord {
+    /// Decode a stored row.
+    pub(crate) fn from_raw(raw: &super::chain::RawRow) -> Result<StoredRecord, AuditError> {
+        Ok(StoredRecord {
+            seq: raw.seq,
+            id: raw.id.clone(),
+            record: raw.decode()?,
+            prev_hash: raw.prev_hash.clone(),
+            hash: raw.hash.clone(),
+        })
+    }
+
+    /// Back to the stored form (for re-hashing an exported or shipped record).
+    pub fn to_raw(&self) -> super::chain::RawRow {
+        let mut raw = super::chain::RawRow::encode(self.seq, self.id.clone(), &self.record);
+        raw.prev_hash = self.prev_hash.clone();
+        raw.hash = self.hash.clone();
+        raw
+    }
 }
 
 /// Records matching `filter`, ordered by `seq` ascending. A database where no
@@ -82,8 +112,7 @@ pub fn query(db_path: &Path, filter: &AuditFilter) -> Result<Vec<StoredRecord>, 
     let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        let (seq, record) = store::decode_row(row)?;
-        out.push(StoredRecord { seq, record });
+        out.push(StoredRecord::from_raw(&store::decode_raw(row)?)?);
     }
     Ok(out)
 }

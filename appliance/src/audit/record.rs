@@ -45,11 +45,33 @@ pub enum AuditKind {
     WebsocketStart,
     /// An upgraded (WebSocket) connection ended: bytes each way, duration.
     WebsocketEnd,
+    /// A statement, HTTP request or command was held for a human approval.
+    ApprovalRequested,
+    /// An approver approved a held request.
+    ApprovalGranted,
+    /// An approver denied a held request, with a reason.
+    ApprovalDenied,
+    /// Nobody decided a held request before its deadline.
+    ApprovalTimedOut,
+    /// The requester cancelled, or the requesting session was gone after a restart.
+    ApprovalWithdrawn,
+    /// A signed checkpoint of the hash chain (sequence, hash, time) in `detail`.
+    AuditCheckpoint,
+    /// A signed export of the trail was written (`appliance audit export`): range, file, digest.
+    AuditExported,
+    /// Retention deleted records every sink acknowledged (or an export covered).
+    AuditRetention,
+    /// The audit database crossed (or fell back under) its disk threshold.
+    AuditDiskThreshold,
+    /// A shipping sink keeps failing (or recovered): sink, error, lag.
+    AuditSinkFailing,
+    /// An event route ran an action (webhook, command, close_session, revoke_identity) and its outcome.
+    EventAction,
 }
 
 impl AuditKind {
     /// Every kind, in declaration order.
-    pub const ALL: [AuditKind; 22] = [
+    pub const ALL: [AuditKind; 33] = [
         AuditKind::SessionStart,
         AuditKind::SessionEnd,
         AuditKind::TunnelRefused,
@@ -72,6 +94,17 @@ impl AuditKind {
         AuditKind::HttpRequest,
         AuditKind::WebsocketStart,
         AuditKind::WebsocketEnd,
+        AuditKind::ApprovalRequested,
+        AuditKind::ApprovalGranted,
+        AuditKind::ApprovalDenied,
+        AuditKind::ApprovalTimedOut,
+        AuditKind::ApprovalWithdrawn,
+        AuditKind::AuditCheckpoint,
+        AuditKind::AuditExported,
+        AuditKind::AuditRetention,
+        AuditKind::AuditDiskThreshold,
+        AuditKind::AuditSinkFailing,
+        AuditKind::EventAction,
     ];
 
     /// The stored name (identical to the serde name; a test keeps them equal).
@@ -99,6 +132,17 @@ impl AuditKind {
             AuditKind::HttpRequest => "http_request",
             AuditKind::WebsocketStart => "websocket_start",
             AuditKind::WebsocketEnd => "websocket_end",
+            AuditKind::ApprovalRequested => "approval_requested",
+            AuditKind::ApprovalGranted => "approval_granted",
+            AuditKind::ApprovalDenied => "approval_denied",
+            AuditKind::ApprovalTimedOut => "approval_timed_out",
+            AuditKind::ApprovalWithdrawn => "approval_withdrawn",
+            AuditKind::AuditCheckpoint => "audit_checkpoint",
+            AuditKind::AuditExported => "audit_exported",
+            AuditKind::AuditRetention => "audit_retention",
+            AuditKind::AuditDiskThreshold => "audit_disk_threshold",
+            AuditKind::AuditSinkFailing => "audit_sink_failing",
+            AuditKind::EventAction => "event_action",
         }
     }
 

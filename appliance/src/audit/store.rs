@@ -1,21 +1,25 @@
-//! SQLite side of the audit trail: connection settings, the `audit` schema,
-//! batch inserts and row decoding. Blocking; callers keep it off async threads.
+//! SQLite side of the audit trail: connection settings, the `audit` schema
+//! and its migration, chained batch inserts, and row decoding. Blocking;
+//! callers keep it off async threads.
 //!
-//! Row encoding is deliberately plain so a later hash chain can hash a
-//! canonical form of it: integers as INTEGER, text as TEXT, `groups` as a
-//! compact JSON array, `detail` as compact JSON (serde_json sorts object keys).
-//! Later issues add columns (id, prev_hash, ...) and tables (shipping cursors)
-//! with `ALTER TABLE ... ADD COLUMN` / `CREATE TABLE IF NOT EXISTS`.
+//! Tables owned here (the database file is shared with other subsystems):
+//! - `audit`: one row per record, with `id`, `prev_hash`, `hash` (schema 2);
+//! - `audit_meta`: `schema_version`, `appliance_id` (integers);
+//! - `audit_anchor`: the last record deleted by retention (seq, hash), which
+//!   the first remaining row chains to;
+//! - `audit_cursor`: per shipping sink (and the event router), the highest
+//!   sequence number it has acknowledged.
 
-use super::record::{AuditKind, AuditRecord};
+use super::chain::{self, RawRow, GENESIS};
+use super::record::AuditRecord;
 use super::AuditError;
-use rusqlite::{params, Connection, OpenFlags, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use std::path::Path;
 use std::time::Duration;
 
 /// Version of the `audit` schema, kept in `audit_meta` (the database file is
-/// shared, so `PRAGMA user_version` is not ours to use).
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// shared, so `PRAGMA user_version` is not ours to use). 2 added the chain.
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection waits for another connection's lock.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,21 +46,35 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_user_time ON audit(user, time_ms);
 CREATE INDEX IF NOT EXISTS audit_session ON audit(session_id);
 CREATE INDEX IF NOT EXISTS audit_time ON audit(time_ms);
+CREATE INDEX IF NOT EXISTS audit_kind ON audit(kind, seq);
 CREATE TABLE IF NOT EXISTS audit_meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit_anchor (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seq  INTEGER NOT NULL,
+    hash TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_cursor (
+    sink       TEXT PRIMARY KEY,
+    seq        INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
 ";
 
-/// The column list, in the order [`decode_row`] expects after `seq`.
+/// The column list, in the order [`decode_raw`] expects.
 pub(crate) const COLUMNS: &str = "seq, time_ms, kind, user, groups, connection, session_id, \
-     client_addr, port, bytes_up, bytes_down, duration_ms, outcome, reason, policy_version, detail";
+     client_addr, port, bytes_up, bytes_down, duration_ms, outcome, reason, policy_version, detail, \
+     id, prev_hash, hash";
 
-const INSERT: &str = "INSERT INTO audit (time_ms, kind, user, groups, connection, session_id, \
-     client_addr, port, bytes_up, bytes_down, duration_ms, outcome, reason, policy_version, detail) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+const INSERT: &str = "INSERT INTO audit (seq, time_ms, kind, user, groups, connection, session_id, \
+     client_addr, port, bytes_up, bytes_down, duration_ms, outcome, reason, policy_version, detail, \
+     id, prev_hash, hash) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
 
-/// Busy timeout on every connection; WAL and `synchronous=NORMAL` on writers.
+/// Busy timeout on every connection; WAL and `synchronous=NORMAL` on writers
+/// (the writer switches a batch to FULL when it holds a durable record).
 fn configure(conn: &Connection, writer: bool) -> Result<(), AuditError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     if writer {
@@ -67,22 +85,106 @@ fn configure(conn: &Connection, writer: bool) -> Result<(), AuditError> {
                 "journal_mode is {mode}, WAL is required"
             )));
         }
-        // FULL is a later issue's strict mode.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
     }
     Ok(())
 }
 
-/// Open (creating if needed) the database for writing and create the schema.
-pub(crate) fn open_writer(path: &Path) -> Result<Connection, AuditError> {
-    let conn = Connection::open(path)?;
+/// Open (creating if needed) the database for writing, create or migrate the
+/// schema, and return the connection with the appliance id.
+pub(crate) fn open_writer(path: &Path) -> Result<(Connection, String), AuditError> {
+    let mut conn = Connection::open(path)?;
     configure(&conn, true)?;
     conn.execute_batch(SCHEMA)?;
-    conn.execute(
-        "INSERT OR IGNORE INTO audit_meta (key, value) VALUES ('schema_version', ?1)",
+    migrate(&mut conn)?;
+    let id = appliance_id(&conn)?;
+    Ok((conn, id))
+}
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, AuditError> {
+    let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+    for n in names {
+        if n? == column {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Schema 1 -> 2: add `id`, `prev_hash`, `hash` and chain the existing rows
+/// in one transaction (tampering before the migration cannot be detected).
+fn migrate(conn: &mut Connection) -> Result<(), AuditError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "INSERT OR IGNORE INTO audit_meta (key, value) VALUES ('appliance_id', ?1)",
+        params![random_id()],
+    )?;
+    if !has_column(&tx, "audit", "hash")? {
+        tx.execute_batch(
+            "ALTER TABLE audit ADD COLUMN id TEXT;
+             ALTER TABLE audit ADD COLUMN prev_hash TEXT;
+             ALTER TABLE audit ADD COLUMN hash TEXT;",
+        )?;
+    }
+    let unchained: i64 =
+        tx.query_row("SELECT count(*) FROM audit WHERE hash IS NULL", [], |r| {
+            r.get(0)
+        })?;
+    if unchained > 0 {
+        let apid = appliance_id(&tx)?;
+        let rows = {
+            let mut stmt = tx.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(decode_raw(r)?);
+            }
+            out
+        };
+        let mut prev = GENESIS;
+        let mut update =
+            tx.prepare("UPDATE audit SET id = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4")?;
+        for mut row in rows {
+            if row.hash.is_empty() {
+                row.id = chain::record_id(&apid, row.seq);
+                prev = row.seal(&prev);
+                update.execute(params![row.id, row.prev_hash, row.hash, row.seq])?;
+            } else {
+                prev = chain::parse_hash(&row.hash).unwrap_or(GENESIS);
+            }
+        }
+        tracing::info!(rows = unchained, "audit trail migrated to the hash chain");
+    }
+    tx.execute(
+        "INSERT INTO audit_meta (key, value) VALUES ('schema_version', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         params![SCHEMA_VERSION],
     )?;
-    Ok(conn)
+    tx.commit()?;
+    Ok(())
+}
+
+/// A random positive 63-bit number from the OS RNG (time as a fallback).
+fn random_id() -> i64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        b = super::record::now_ms().to_be_bytes();
+    }
+    i64::from_be_bytes(b) & i64::MAX
+}
+
+/// This database's appliance id: 16 hex digits.
+pub(crate) fn appliance_id(conn: &Connection) -> Result<String, AuditError> {
+    let v: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM audit_meta WHERE key = 'appliance_id'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(format!("{:016x}", v.unwrap_or(0)))
 }
 
 /// Open an existing database for reading. Read-write flags without CREATE so a
@@ -98,105 +200,175 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection, AuditError> {
 
 /// Whether the `audit` table exists (it does not until a writer has run).
 pub(crate) fn has_audit_table(conn: &Connection) -> Result<bool, AuditError> {
+    has_table(conn, "audit")
+}
+
+/// Whether table `name` exists.
+pub(crate) fn has_table(conn: &Connection, name: &str) -> Result<bool, AuditError> {
     let n: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit'",
-        [],
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        params![name],
         |r| r.get(0),
     )?;
     Ok(n > 0)
 }
 
-/// SQLite integers are signed; values past `i64::MAX` (never seen in practice)
-/// are clamped rather than failing, because a record that can never be inserted
-/// would stall the whole queue.
-fn to_i64(v: Option<u64>) -> Option<i64> {
-    v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+/// The chain's tip: the last row, else the retention anchor, else genesis.
+pub(crate) fn tip(conn: &Connection) -> Result<(i64, [u8; 32]), AuditError> {
+    let last: Option<(i64, Option<String>)> = conn
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let row = match last {
+        Some((seq, h)) => Some((seq, h.unwrap_or_default())),
+        None => anchor(conn)?,
+    };
+    Ok(match row {
+        Some((seq, h)) => (seq, chain::parse_hash(&h).unwrap_or(GENESIS)),
+        None => (0, GENESIS),
+    })
 }
 
-/// Insert `records` in one IMMEDIATE transaction: all or none.
+/// The last record removed by retention, if any: `(seq, hash hex)`.
+pub(crate) fn anchor(conn: &Connection) -> Result<Option<(i64, String)>, AuditError> {
+    Ok(conn
+        .query_row("SELECT seq, hash FROM audit_anchor WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?)
+}
+
+/// What a committed batch did: its sequence range and the new tip hash.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Committed {
+    pub first_seq: i64,
+    pub last_seq: i64,
+}
+
+/// Insert `records` in one IMMEDIATE transaction (all or none), chaining them
+/// after the tip read inside the same transaction, so several writers (the
+/// server and a CLI command) still build one chain.
 pub(crate) fn insert_batch(
     conn: &mut Connection,
+    apid: &str,
     records: &[AuditRecord],
-) -> Result<(), AuditError> {
+) -> Result<Committed, AuditError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (mut seq, mut prev) = tip(&tx)?;
+    let first_seq = seq + 1;
     {
         let mut stmt = tx.prepare_cached(INSERT)?;
         for r in records {
-            // Serializing a Vec<String> or a Value cannot fail; fall back to
-            // an empty value rather than poisoning the batch.
-            let groups = serde_json::to_string(&r.groups).unwrap_or_else(|_| "[]".to_owned());
-            let detail = r
-                .detail
-                .as_ref()
-                .map(|d| serde_json::to_string(d).unwrap_or_else(|_| "null".to_owned()));
+            seq += 1;
+            let mut row = RawRow::encode(seq, chain::record_id(apid, seq), r);
+            prev = row.seal(&prev);
             stmt.execute(params![
-                r.time_ms,
-                r.kind.as_str(),
-                r.user,
-                groups,
-                r.connection,
-                r.session_id,
-                r.client_addr,
-                r.port,
-                to_i64(r.bytes_up),
-                to_i64(r.bytes_down),
-                to_i64(r.duration_ms),
-                r.outcome,
-                r.reason,
-                to_i64(r.policy_version),
-                detail,
+                row.seq,
+                row.time_ms,
+                row.kind,
+                row.user,
+                row.groups,
+                row.connection,
+                row.session_id,
+                row.client_addr,
+                row.port,
+                row.bytes_up,
+                row.bytes_down,
+                row.duration_ms,
+                row.outcome,
+                row.reason,
+                row.policy_version,
+                row.detail,
+                row.id,
+                row.prev_hash,
+                row.hash,
             ])?;
         }
     }
     tx.commit()?;
-    Ok(())
+    Ok(Committed {
+        first_seq,
+        last_seq: seq,
+
+    })
 }
 
-fn bad(seq: i64, reason: impl Into<String>) -> AuditError {
-    AuditError::BadRow {
-        seq,
-        reason: reason.into(),
-    }
-}
-
-fn to_u64(seq: i64, col: &str, v: Option<i64>) -> Result<Option<u64>, AuditError> {
-    v.map(|v| u64::try_from(v).map_err(|_| bad(seq, format!("{col} is negative: {v}"))))
-        .transpose()
-}
-
-/// Decode one row selected with [`COLUMNS`] into `(seq, record)`.
-pub(crate) fn decode_row(row: &Row<'_>) -> Result<(i64, AuditRecord), AuditError> {
-    let seq: i64 = row.get(0)?;
-    let kind_name: String = row.get(2)?;
-    let kind = AuditKind::from_name(&kind_name)
-        .ok_or_else(|| bad(seq, format!("unknown kind {kind_name:?}")))?;
-    let groups: String = row.get(4)?;
-    let groups: Vec<String> =
-        serde_json::from_str(&groups).map_err(|e| bad(seq, format!("groups: {e}")))?;
-    let port = row
-        .get::<_, Option<i64>>(8)?
-        .map(|p| u16::try_from(p).map_err(|_| bad(seq, format!("port out of range: {p}"))))
-        .transpose()?;
-    let detail = row
-        .get::<_, Option<String>>(15)?
-        .map(|d| serde_json::from_str(&d).map_err(|e| bad(seq, format!("detail: {e}"))))
-        .transpose()?;
-    let record = AuditRecord {
+/// Decode one row selected with [`COLUMNS`] as stored.
+pub(crate) fn decode_raw(row: &Row<'_>) -> Result<RawRow, AuditError> {
+    Ok(RawRow {
+        seq: row.get(0)?,
         time_ms: row.get(1)?,
-        kind,
+        kind: row.get(2)?,
         user: row.get(3)?,
-        groups,
+        groups: row.get(4)?,
         connection: row.get(5)?,
         session_id: row.get(6)?,
         client_addr: row.get(7)?,
-        port,
-        bytes_up: to_u64(seq, "bytes_up", row.get(9)?)?,
-        bytes_down: to_u64(seq, "bytes_down", row.get(10)?)?,
-        duration_ms: to_u64(seq, "duration_ms", row.get(11)?)?,
+        port: row.get(8)?,
+        bytes_up: row.get(9)?,
+        bytes_down: row.get(10)?,
+        duration_ms: row.get(11)?,
         outcome: row.get(12)?,
         reason: row.get(13)?,
-        policy_version: to_u64(seq, "policy_version", row.get(14)?)?,
-        detail,
-    };
-    Ok((seq, record))
+        policy_version: row.get(14)?,
+        detail: row.get(15)?,
+        id: row.get::<_, Option<String>>(16)?.unwrap_or_default(),
+        prev_hash: row.get::<_, Option<String>>(17)?.unwrap_or_default(),
+        hash: row.get::<_, Option<String>>(18)?.unwrap_or_default(),
+    })
+}
+
+/// Rows with `seq` in `(after, ..]`, oldest first, at most `limit`.
+pub(crate) fn rows_after(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<RawRow>, AuditError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+    ))?;
+    let mut rows = stmt.query(params![after, i64::try_from(limit).unwrap_or(i64::MAX)])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(decode_raw(r)?);
+    }
+    Ok(out)
+}
+
+/// The acknowledged sequence number of `sink`, if it has one.
+pub(crate) fn cursor(conn: &Connection, sink: &str) -> Result<Option<i64>, AuditError> {
+    Ok(conn
+        .query_row(
+            "SELECT seq FROM audit_cursor WHERE sink = ?1",
+            params![sink],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Every cursor: `(sink, seq)`.
+pub(crate) fn cursors(conn: &Connection) -> Result<Vec<(String, i64)>, AuditError> {
+    if !has_table(conn, "audit_cursor")? {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare("SELECT sink, seq FROM audit_cursor ORDER BY sink")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r?);
+    }
+    Ok(out)
+}
+
+/// Move `sink`'s cursor to `seq` (never backwards).
+pub(crate) fn set_cursor(conn: &Connection, sink: &str, seq: i64) -> Result<(), AuditError> {
+    conn.execute(
+        "INSERT INTO audit_cursor (sink, seq, updated_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT(sink) DO UPDATE SET seq = max(seq, excluded.seq), updated_ms = excluded.updated_ms",
+        params![sink, seq, super::record::now_ms()],
+    )?;
+    Ok(())
 }

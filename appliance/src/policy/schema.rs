@@ -22,6 +22,10 @@ pub struct Policy {
     pub identity: IdentityConfig,
     /// What may be reached, in bundle order.
     pub connections: Vec<Connection>,
+    /// `[audit]`: durability mode and what a full queue does.
+    pub audit: super::routes::AuditPolicy,
+    /// `[[route]]`: event routing rules, in bundle order.
+    pub routes: Vec<super::routes::Route>,
 }
 
 /// How IdP tokens are verified and how long appliance sessions last.
@@ -140,6 +144,9 @@ pub(super) struct RawPolicy {
     pub identity: Spanned<RawIdentity>,
     #[serde(default)]
     pub connection: Vec<Spanned<RawConnection>>,
+    pub audit: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    pub route: Vec<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -75,11 +75,14 @@ impl Validator<'_> {
             }
             connections.push(conn);
         }
+        let line = |span| self.line(span);
         Ok(Policy {
             version: raw.version,
             dns_suffix,
             identity,
             connections,
+            audit: super::routes::validate_audit(raw.audit, &line)?,
+            routes: super::routes::validate_routes(raw.route, &line)?,
         })
     }
 

@@ -9,6 +9,7 @@
 //! `ephemeral` (per-session roles), `error` (what the client sees).
 
 pub mod cancel;
+pub mod classify;
 pub mod client;
 pub mod codec;
 pub mod ephemeral;

@@ -37,6 +37,8 @@ fn policy() -> Policy {
             conn("grafana", &[], &["*"], &[80]),
             conn("vault", &["bob"], &[], &[8200]),
         ],
+        audit: Default::default(),
+        routes: Vec::new(),
     }
 }
 

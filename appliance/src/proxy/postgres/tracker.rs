@@ -317,69 +317,14 @@ impl Tracker {
                 }
             }
             backend::READY_FOR_QUERY_TAG => {
+                // Finishes one Simple/Function step, or everything up to a Sync.
                 while let Some(p) = self.queue.pop_front() {
-                    match p {
-                        Pending::Sync => break,
-                        Pending::Simple {
-                            text,
-                            started,
-                            tags,
-                            rows,
-                            sqlstate,
-                            error,
-                        } => {
-                            let outcome = if sqlstate.is_some() { "error" } else { "ok" };
-                            out.push(StatementEvent {
-                                kind: StepKind::Simple,
-                                text: Some(text),
-                                statement: None,
-                                params: None,
-                                duration: now - started,
-                                tags,
-                                rows,
-                                sqlstate,
-                                error,
-                                outcome,
-                            });
-                            break;
-                        }
-                        Pending::Function {
-                            started,
-                            sqlstate,
-                            error,
-                        } => {
-                            let outcome = if sqlstate.is_some() { "error" } else { "ok" };
-                            out.push(StatementEvent {
-                                kind: StepKind::FunctionCall,
-                                text: None,
-                                statement: None,
-                                params: None,
-                                duration: now - started,
-                                tags: Vec::new(),
-                                rows: None,
-                                sqlstate,
-                                error,
-                                outcome,
-                            });
-                            break;
-                        }
-                        Pending::Execute {
-                            statement,
-                            text,
-                            params,
-                            started,
-                        } => {
-                            out.push(execute_event(
-                                statement,
-                                text,
-                                params,
-                                now - started,
-                                Vec::new(),
-                                None,
-                                None,
-                                "unfinished",
-                            ));
-                        }
+                    let ends_step = matches!(p, Pending::Sync | Pending::Simple { .. } | Pending::Function { .. });
+                    if let Some(ev) = p.into_event(now, None) {
+                        out.push(ev);
+                    }
+                    if ends_step {
+                        break;
                     }
                 }
             }
@@ -391,55 +336,48 @@ impl Tracker {
     /// The session ended: everything still pending, as `unfinished`.
     pub fn drain(&mut self, now: Instant, reason: &str, out: &mut Vec<StatementEvent>) {
         while let Some(p) = self.queue.pop_front() {
-            match p {
-                Pending::Sync => {}
-                Pending::Simple {
-                    text,
-                    started,
-                    tags,
-                    rows,
-                    ..
-                } => out.push(StatementEvent {
-                    kind: StepKind::Simple,
-                    text: Some(text),
-                    statement: None,
-                    params: None,
-                    duration: now - started,
-                    tags,
-                    rows,
-                    sqlstate: None,
-                    error: Some(reason.to_string()),
-                    outcome: "unfinished",
-                }),
-                Pending::Function { started, .. } => out.push(StatementEvent {
-                    kind: StepKind::FunctionCall,
-                    text: None,
-                    statement: None,
-                    params: None,
-                    duration: now - started,
-                    tags: Vec::new(),
-                    rows: None,
-                    sqlstate: None,
-                    error: Some(reason.to_string()),
-                    outcome: "unfinished",
-                }),
-                Pending::Execute {
-                    statement,
-                    text,
-                    params,
-                    started,
-                } => out.push(execute_event(
-                    statement,
-                    text,
-                    params,
-                    now - started,
-                    Vec::new(),
-                    None,
-                    Some((None, Some(reason.to_string()))),
-                    "unfinished",
-                )),
+            if let Some(ev) = p.into_event(now, Some(reason)) {
+                out.push(ev);
             }
         }
+    }
+}
+
+impl Pending {
+    /// The finished event; `cut_short` marks it unfinished with that reason.
+    fn into_event(self, now: Instant, cut_short: Option<&str>) -> Option<StatementEvent> {
+        let unfinished = cut_short.map(|r| (None, Some(r.to_string())));
+        let (kind, text, tags, rows, started, error) = match self {
+            Pending::Sync => return None,
+            Pending::Execute { statement, text, params, started } => {
+                let outcome = "unfinished";
+                let err = unfinished.or(Some((None, None)));
+                return Some(execute_event(statement, text, params, now - started, Vec::new(), None, err, outcome));
+            }
+            Pending::Simple { text, started, tags, rows, sqlstate, error } => {
+                (StepKind::Simple, Some(text), tags, rows, started, (sqlstate, error))
+            }
+            Pending::Function { started, sqlstate, error } => {
+                (StepKind::FunctionCall, None, Vec::new(), None, started, (sqlstate, error))
+            }
+        };
+        let (outcome, (sqlstate, error)) = match unfinished {
+            Some(e) => ("unfinished", e),
+            None if error.0.is_some() => ("error", error),
+            None => ("ok", error),
+        };
+        Some(StatementEvent {
+            kind,
+            text,
+            statement: None,
+            params: None,
+            duration: now - started,
+            tags,
+            rows,
+            sqlstate,
+            error,
+            outcome,
+        })
     }
 }
 

@@ -16,6 +16,9 @@ use super::lane::{self, FrontEvent, LaneTx, Start};
 use super::Conn;
 use crate::audit::AuditKind;
 
+/// Channels one connection may have open at once.
+pub const MAX_CHANNELS: usize = 64;
+
 /// russh server handler of one connection.
 pub struct Front {
     conn: Arc<Conn>,
@@ -78,6 +81,10 @@ impl server::Handler for Front {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.lanes.len() >= MAX_CHANNELS {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
         let id = channel.id();
         // Requests and data arrive through the callbacks below; the read
         // half is dropped so russh never waits on it.
@@ -121,6 +128,10 @@ impl server::Handler for Front {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
+            return Ok(());
+        }
+        if self.lanes.len() >= MAX_CHANNELS {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         }
         let id = channel.id();

@@ -1,0 +1,286 @@
+//! Tokens to statements: tokenize once, undo the tokenizer's inline COPY
+//! data, split at top-level `;`, bound the nesting, parse each statement, and
+//! fall back to fixed-effect leading keywords when the parser cannot read one.
+
+use std::collections::BTreeSet;
+
+use sqlparser::ast::Statement;
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+
+use super::{ClassifyOptions, StatementClass, MAX_EXPRESSION_RUN, MAX_PAREN_DEPTH};
+
+/// One statement of the text.
+pub(super) enum Piece {
+    Parsed(Vec<Statement>),
+    /// Not parsed, but its leading keywords fix its effect.
+    Fallback(BTreeSet<StatementClass>),
+    Unparsed(String),
+}
+
+/// Splits and parses `sql`; `Err` when the text cannot even be tokenized.
+pub(super) fn pieces(sql: &str, opts: &ClassifyOptions) -> Result<Vec<Piece>, String> {
+    let tokens = tokenize(sql)?;
+    if !opts.standard_conforming_strings && has_backslash_string(&tokens) {
+        return Err(
+            "a plain string holds a backslash while standard_conforming_strings is off".into(),
+        );
+    }
+    let mut out = Vec::new();
+    for piece in split(tokens) {
+        if let Some(reason) = too_deep(&piece) {
+            out.push(Piece::Unparsed(reason));
+            continue;
+        }
+        let words = leading_words(&piece);
+        let program = piece
+            .iter()
+            .any(|t| matches!(&t.token, Token::Word(w) if w.keyword == Keyword::PROGRAM && w.quote_style.is_none()));
+        let dialect = PostgreSqlDialect {};
+        match Parser::new(&dialect)
+            .with_tokens_with_locations(piece)
+            .parse_statements()
+        {
+            Ok(statements) => out.push(Piece::Parsed(statements)),
+            Err(e) => match fallback(&words, program) {
+                Some(classes) => out.push(Piece::Fallback(classes)),
+                None => out.push(Piece::Unparsed(e.to_string())),
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// Tokenizes, replacing each `COPY ... FROM STDIN;` inline-data token by the
+/// tokens of that text: on the wire it is SQL, not data.
+fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, String> {
+    let dialect = PostgreSqlDialect {};
+    let run = |text: &str| {
+        Tokenizer::new(&dialect, text)
+            .tokenize_with_location()
+            .map_err(|e| e.to_string())
+    };
+    let mut out = Vec::new();
+    // A stack of token streams: inline data found in one is tokenized and
+    // read before the rest of it.
+    let mut work = vec![run(sql)?.into_iter()];
+    while let Some(iter) = work.last_mut() {
+        let Some(t) = iter.next() else {
+            work.pop();
+            continue;
+        };
+        match t.token {
+            Token::CopyData { data, terminated } => {
+                if terminated {
+                    // `\.` is not SQL: the server rejects the whole text.
+                    return Err("backslash-dot line after COPY FROM STDIN in the query text".into());
+                }
+                out.push(TokenWithSpan::wrap(Token::SemiColon));
+                work.push(run(&data)?.into_iter());
+            }
+            _ => out.push(t),
+        }
+    }
+    Ok(out)
+}
+
+fn has_backslash_string(tokens: &[TokenWithSpan]) -> bool {
+    tokens.iter().any(|t| match &t.token {
+        Token::SingleQuotedString(s)
+        | Token::NationalStringLiteral(s)
+        | Token::UnicodeStringLiteral(s)
+        | Token::SingleQuotedByteStringLiteral(s)
+        | Token::HexStringLiteral(s) => s.contains('\\'),
+        _ => false,
+    })
+}
+
+/// Splits at `;` outside parentheses; drops statements with no tokens but
+/// whitespace and comments.
+fn split(tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
+    let mut out = Vec::new();
+    let mut cur: Vec<TokenWithSpan> = Vec::new();
+    let mut depth = 0usize;
+    let mut empty = true;
+    for t in tokens {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::SemiColon if depth == 0 => {
+                if !empty {
+                    out.push(std::mem::take(&mut cur));
+                }
+                cur.clear();
+                empty = true;
+                continue;
+            }
+            Token::Whitespace(_) => {}
+            _ => empty = false,
+        }
+        cur.push(t);
+    }
+    if !empty {
+        out.push(cur);
+    }
+    out
+}
+
+/// Bounds what the parser, the tree walk and the drop of the tree recurse
+/// into: runs of operators at one parenthesis level, and the nesting depth.
+fn too_deep(tokens: &[TokenWithSpan]) -> Option<String> {
+    let mut runs: Vec<usize> = vec![0];
+    for t in tokens {
+        match &t.token {
+            Token::LParen | Token::LBracket | Token::LBrace => {
+                runs.push(0);
+                if runs.len() > MAX_PAREN_DEPTH {
+                    return Some(format!(
+                        "nested deeper than {MAX_PAREN_DEPTH} parentheses"
+                    ));
+                }
+            }
+            Token::RParen | Token::RBracket | Token::RBrace => {
+                if runs.len() > 1 {
+                    runs.pop();
+                }
+            }
+            Token::Comma => {
+                if let Some(r) = runs.last_mut() {
+                    *r = 0;
+                }
+            }
+            other if is_operator(other) => {
+                if let Some(r) = runs.last_mut() {
+                    *r += 1;
+                    if *r > MAX_EXPRESSION_RUN {
+                        return Some(format!(
+                            "expression with more than {MAX_EXPRESSION_RUN} chained operators"
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Tokens that may join two operands (and so deepen the expression tree).
+fn is_operator(t: &Token) -> bool {
+    match t {
+        Token::Word(w) => matches!(
+            w.keyword,
+            Keyword::AND
+                | Keyword::OR
+                | Keyword::NOT
+                | Keyword::IS
+                | Keyword::LIKE
+                | Keyword::ILIKE
+                | Keyword::SIMILAR
+                | Keyword::IN
+                | Keyword::BETWEEN
+                | Keyword::COLLATE
+                | Keyword::AT
+                | Keyword::OVERLAPS
+                | Keyword::ESCAPE
+                | Keyword::OPERATOR
+                | Keyword::ISNULL
+                | Keyword::NOTNULL
+                | Keyword::XOR
+        ),
+        Token::Whitespace(_)
+        | Token::Comma
+        | Token::SemiColon
+        | Token::LParen
+        | Token::RParen
+        | Token::Number(..)
+        | Token::Char(_)
+        | Token::EOF => false,
+        // Every other symbol: arithmetic, comparison, `::`, `->`, `||`,
+        // custom operators, subscripts, `.`.
+        other => !is_literal(other),
+    }
+}
+
+fn is_literal(t: &Token) -> bool {
+    matches!(
+        t,
+        Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::NationalStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::Placeholder(_)
+    )
+}
+
+/// Up to four leading words, upper-cased; quoted identifiers do not count.
+fn leading_words(tokens: &[TokenWithSpan]) -> Vec<String> {
+    tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .take(4)
+        .map(|t| match &t.token {
+            Token::Word(w) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
+            _ => String::new(),
+        })
+        .collect()
+}
+
+/// Statements the parser does not read whose effect the leading keywords
+/// fix, whatever follows. Everything else stays `unparsed`.
+fn fallback(words: &[String], program: bool) -> Option<BTreeSet<StatementClass>> {
+    use StatementClass::*;
+    let w = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    // CREATE [OR REPLACE] [CONSTRAINT | EVENT] <what>
+    let create_what = {
+        let mut i = 1;
+        if w(1) == "OR" && w(2) == "REPLACE" {
+            i = 3;
+        }
+        if matches!(w(i), "CONSTRAINT" | "EVENT") {
+            i += 1;
+        }
+        w(i)
+    };
+    let classes: &[StatementClass] = match (w(0), w(1)) {
+        ("DO", _) => &[Procedural],
+        ("COPY", _) if program => &[CopyProgram],
+        ("ALTER", "SYSTEM") => &[System],
+        ("CHECKPOINT", _) | ("LOAD", _) => &[System],
+        ("REINDEX", _) | ("CLUSTER", _) | ("VACUUM", _) | ("ANALYZE", _) => &[Ddl],
+        ("IMPORT", "FOREIGN") => &[Ddl],
+        ("SECURITY", "LABEL") | ("REASSIGN", "OWNED") => &[Privilege],
+        ("GRANT", _) | ("REVOKE", _) => &[Privilege],
+        ("DROP", "OWNED") => &[Drop, Ddl, Privilege],
+        ("DROP", "ROLE" | "USER" | "GROUP") => &[Drop, Privilege],
+        ("DROP", _) => &[Drop, Ddl],
+        ("CREATE" | "ALTER", "ROLE" | "USER" | "GROUP") => &[Privilege],
+        ("ALTER", "DATABASE" | "FUNCTION" | "PROCEDURE" | "ROUTINE" | "AGGREGATE") => &[Ddl],
+        ("CREATE", _) if matches!(create_what, "FUNCTION" | "PROCEDURE") => &[Procedural, Ddl],
+        ("CREATE", _) if create_what == "TRIGGER" => &[Ddl],
+        ("PREPARE", "TRANSACTION") | ("COMMIT" | "ROLLBACK", "PREPARED") => &[Transaction],
+        ("BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT", _)
+        | ("SAVEPOINT" | "RELEASE", _) => &[Transaction],
+        ("SET" | "RESET", "ROLE" | "SESSION" | "LOCAL")
+            if words.iter().any(|x| matches!(x.as_str(), "ROLE" | "AUTHORIZATION")) =>
+        {
+            &[RoleSwitch]
+        }
+        // SET values are literals (no function calls); a quoted or unknown
+        // parameter name counts as a possible role change.
+        ("SET" | "RESET", p) if p.is_empty() || p == "ROLE" || p == "SESSION_AUTHORIZATION" => {
+            &[RoleSwitch]
+        }
+        ("SET" | "RESET", _) | ("SHOW", _) | ("DISCARD", _) => &[SessionConfig],
+        ("LISTEN" | "UNLISTEN", _) => &[SessionConfig],
+        ("TABLE", _) => &[Read],
+        _ => return None,
+    };
+    Some(classes.iter().copied().collect())
+}

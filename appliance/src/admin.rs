@@ -12,6 +12,7 @@
 
 pub mod listener;
 pub mod metrics;
+pub mod tasks;
 
 pub use listener::serve;
 pub use metrics::{render, Metrics, Snapshot};

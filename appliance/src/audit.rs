@@ -20,13 +20,15 @@
 //! record is kept in memory and retried until it is committed.
 //! [`AuditHandle::record_durable`] resolves only after an fsynced commit.
 
-mod chain;
+pub mod chain;
+pub mod cli;
 mod checkpoint;
 mod export;
 mod keys;
 mod query;
 mod record;
 pub mod retention;
+pub mod settings;
 pub mod ship;
 pub(crate) mod store;
 mod verify;

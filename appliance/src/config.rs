@@ -38,6 +38,19 @@ struct RawConfig {
     header_timeout: Option<String>,
     policy_poll_interval: Option<String>,
     revocation_poll_interval: Option<String>,
+    // Audit trail, shipping, retention, events, admin listener (see audit::settings).
+    admin_listen: Option<String>,
+    audit_mode: Option<String>,
+    audit_queue_full: Option<String>,
+    audit_checkpoint_interval: Option<String>,
+    audit_retention_max_age: Option<String>,
+    audit_retention_max_bytes: Option<String>,
+    audit_retention_interval: Option<String>,
+    audit_disk_threshold: Option<String>,
+    #[serde(default)]
+    audit_sink: Vec<crate::audit::ship::RawSink>,
+    runbook_dir: Option<PathBuf>,
+    event_concurrency: Option<usize>,
 }
 
 /// Validated runtime configuration with absolute paths.
@@ -61,6 +74,8 @@ pub struct RuntimeConfig {
     pub header_timeout: Duration,
     pub policy_poll_interval: Duration,
     pub revocation_poll_interval: Duration,
+    /// Audit modes, checkpoints, sinks, retention, runbooks, admin listener.
+    pub audit: crate::audit::settings::AuditSettings,
 }
 
 impl RuntimeConfig {
@@ -161,6 +176,21 @@ impl RuntimeConfig {
                 raw.revocation_poll_interval,
                 Duration::from_millis(200),
             )?,
+            audit: crate::audit::settings::RawAuditSettings {
+                admin_listen: raw.admin_listen,
+                audit_mode: raw.audit_mode,
+                audit_queue_full: raw.audit_queue_full,
+                audit_checkpoint_interval: raw.audit_checkpoint_interval,
+                audit_retention_max_age: raw.audit_retention_max_age,
+                audit_retention_max_bytes: raw.audit_retention_max_bytes,
+                audit_retention_interval: raw.audit_retention_interval,
+                audit_disk_threshold: raw.audit_disk_threshold,
+                audit_sink: raw.audit_sink,
+                runbook_dir: raw.runbook_dir,
+                event_concurrency: raw.event_concurrency,
+            }
+            .validate(base)
+            .map_err(|e| ConfigError::Invalid(shown.to_string(), e))?,
             data_dir,
             policy_dir,
         })

@@ -3,10 +3,12 @@
 //! tests run the same code in-process.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod approvals;
 pub mod audit;
 pub mod config;
+pub mod events;
 pub mod gate;
 pub mod identity;
 pub mod policy;

@@ -58,6 +58,11 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Event routes: dry-run them on a sample event.
+    Events {
+        #[command(subcommand)]
+        command: appliance::events::cli::EventsCommand,
+    },
     /// Read the audit trail.
     Audit {
         #[command(subcommand)]
@@ -148,6 +153,9 @@ enum AuditCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// verify, export, verify-export, pubkey.
+    #[command(flatten)]
+    Trust(appliance::audit::cli::TrustCommand),
 }
 
 fn main() {
@@ -292,6 +300,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Events { command } => Ok(appliance::events::cli::run(command)?),
+        Command::Audit {
+            command: AuditCommand::Trust(command),
+        } => Ok(appliance::audit::cli::run(command).await?),
         Command::Audit {
             command:
                 AuditCommand::List {

@@ -53,6 +53,8 @@ pub struct Shared {
     pub pg_cancel: crate::proxy::postgres::cancel::CancelRegistry,
     /// Requests held for a human approval (statements, HTTP requests, commands).
     pub approvals: crate::approvals::Approvals,
+    /// Counters and gauges for `/metrics` (gateways bump sessions and bytes).
+    pub metrics: Arc<crate::admin::Metrics>,
     /// IdP verifier built for the policy version it came from.
     idp: Mutex<Option<(u64, Arc<IdpVerifier>)>>,
 }
@@ -116,8 +118,11 @@ impl Running {
             )
             .await;
         let _ = self.shared.audit.flush().await;
+        // Close explicitly: clones of the handle may still live in tasks that
+        // have not noticed the shutdown yet; the writer still drains all it accepted.
+        let handle = self.shared.audit.clone();
         drop(self.shared);
-        if let Err(e) = self.writer.join().await {
+        if let Err(e) = self.writer.shutdown(handle).await {
             tracing::error!(error = %e, "audit writer did not shut down cleanly");
         }
     }
@@ -177,11 +182,15 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
     }
     let signer = Arc::new(SessionSigner::load_or_generate(&cfg.session_key_path())?);
     let db = cfg.db_path();
+    // Signs audit checkpoints and exports (DATA_DIR/keys/audit.key).
+    let audit_key = Arc::new(audit::AuditKey::load_or_generate(&audit::key_dir(
+        &cfg.data_dir,
+    ))?);
     let (audit, writer) = audit::spawn_writer(AuditConfig {
         db_path: db.clone(),
         queue_capacity: cfg.audit_queue,
         max_batch: 512,
-        checkpoint_key: None,
+        checkpoint_key: Some(audit_key),
     })?;
     let revocations = RevocationStore::open(&db)?;
     let (revoked_tx, revoked_rx) = watch::channel(revocations.snapshot()?);
@@ -214,6 +223,9 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Io("listener address".into(), e))?;
+    let admin_listener = crate::admin::tasks::bind_admin(&cfg)
+        .await
+        .map_err(|e| ServerError::Io(format!("cannot listen on admin_listen {:?}", cfg.audit.admin_listen), e))?;
 
     let shared = Arc::new(Shared {
         policy: policy_rx,
@@ -226,6 +238,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
         idp: Mutex::new(None),
         pg_cancel: Default::default(),
         approvals,
+        metrics: Default::default(),
         cfg,
     });
     let _ = audit
@@ -236,7 +249,9 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
     tracing::info!(%addr, fingerprint = %tls.fingerprint, "appliance listening");
 
     let shutdown = CancellationToken::new();
-    let tasks = vec![
+    // Audit mode, checkpoints, shipping, retention, event routes, admin listener.
+    let mut tasks = crate::admin::tasks::spawn_all(&shared, admin_listener, &shutdown);
+    tasks.extend([
         tokio::spawn(crate::gate::serve(
             listener,
             tls_config,
@@ -269,7 +284,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
                 .clone()
                 .run_poller(shared.cfg.revocation_poll_interval, shutdown.clone()),
         ),
-    ];
+    ]);
     Ok(Running {
         addr,
         fingerprint: tls.fingerprint,

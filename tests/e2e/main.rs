@@ -3,11 +3,13 @@
 //! against real servers started by the fixtures in `tests/support`.
 
 mod approvals;
+mod audit;
 mod bundles;
 mod cli;
 mod dns;
 mod http;
 mod login;
+mod pg_controls;
 mod postgres;
 mod ssh;
 mod tunnel;

@@ -8,6 +8,7 @@ pub mod appliance;
 pub mod http_upstream;
 pub mod oidc;
 pub mod postgres;
+pub mod receivers;
 pub mod sshd;
 pub mod tunnel;
 

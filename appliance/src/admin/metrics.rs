@@ -163,7 +163,11 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>) -> String {
     o.family("appliance_http_requests_total", "counter", "HTTP gateway requests audited.");
     o.sample("appliance_http_requests_total", &[], sum(&|k, _| k == "http_request"));
     o.family("appliance_denials_total", "counter", "Operations denied by policy controls, by audit kind.");
-    let mut denied: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    let mut denied: std::collections::BTreeMap<&str, u64> =
+        ["statement", "ssh_exec", "ssh_command_denied", "http_request", "tunnel_refused"]
+            .into_iter()
+            .map(|k| (k, 0))
+            .collect();
     for ((k, out), n) in &by_kind {
         if out == "denied" || *k == "ssh_command_denied" || *k == "tunnel_refused" {
             *denied.entry(k).or_insert(0) += n;

@@ -233,7 +233,7 @@ pub(super) fn same_user(a: &str, b: &str) -> bool {
 /// approvers group (exact match, like the policy's groups) who is not the requester.
 pub fn may_decide(view: &ApprovalView, approver: &Identity) -> bool {
     !same_user(&view.user, &approver.user)
-        && approver.groups.iter().any(|g| *g == view.approvers_group)
+        && approver.groups.contains(&view.approvers_group)
 }
 
 /// The pure decision: may `approver` decide `view` at `now_ms`?

@@ -46,6 +46,17 @@ pub struct StoredRecord {
 }
 
 impl StoredRecord {
+    /// A record at `seq` without chain fields (tests, samples).
+    pub fn new(seq: i64, record: AuditRecord) -> StoredRecord {
+        StoredRecord {
+            seq,
+            id: String::new(),
+            record,
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
     /// Decode a stored row.
     pub(crate) fn from_raw(raw: &super::chain::RawRow) -> Result<StoredRecord, AuditError> {
         Ok(StoredRecord {

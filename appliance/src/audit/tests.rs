@@ -481,17 +481,14 @@ fn parse_since_accepts_three_forms() {
 #[test]
 fn format_table_shows_the_fields_aligned() {
     let recs = vec![
-        StoredRecord {
-            seq: 7,
-            record: full_record().at(1_795_946_400_999),
-        },
-        StoredRecord {
-            seq: 12,
-            record: AuditRecord::new(AuditKind::TunnelRefused)
+        StoredRecord::new(7, full_record().at(1_795_946_400_999)),
+        StoredRecord::new(
+            12,
+            AuditRecord::new(AuditKind::TunnelRefused)
                 .at(1_795_946_401_000)
                 .user("mallory\x1b[2J\nfake")
                 .reason("identity revoked"),
-        },
+        ),
     ];
     let table = format_table(&recs);
     let lines: Vec<&str> = table.lines().collect();

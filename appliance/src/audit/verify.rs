@@ -225,6 +225,13 @@ impl Walk<'_> {
                             cp.seq
                         ),
                     );
+                } else if self.report.first_seq.is_some_and(|f| cp.seq >= f) {
+                    self.problem(
+                        ProblemKind::Deleted,
+                        row,
+                        cp.seq,
+                        format!("record seq {} was deleted: a checkpoint ({whence}) covers it", cp.seq),
+                    );
                 } else {
                     self.report.notes.push(format!(
                         "checkpoint for seq {} ({whence}) is older than the retained trail",
@@ -235,6 +242,14 @@ impl Walk<'_> {
         }
         Ok(())
     }
+}
+
+/// The seq a renumbered row was written at, if its content hashes right there.
+fn moved_from(row: &RawRow) -> Option<i64> {
+    let m = chain::id_seq(&row.id).filter(|m| *m != row.seq)?;
+    let mut orig = row.clone();
+    orig.seq = m;
+    orig.content_matches().then_some(m)
 }
 
 /// Walks the whole trail in `db_path`.
@@ -274,6 +289,14 @@ pub fn verify(db_path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Audi
             let (s, id) = (row.seq, row.id.clone());
             if row.hash.is_empty() {
                 w.problem(ProblemKind::Modified, Some(row), s, format!("record seq {s} has no hash (written outside the appliance)"));
+            } else if !row.content_matches() && moved_from(row).is_some() {
+                let m = moved_from(row).unwrap_or_default();
+                w.problem(
+                    ProblemKind::Reordered,
+                    Some(row),
+                    s,
+                    format!("records were reordered: record id {id} (written as seq {m}) now sits at seq {s}"),
+                );
             } else if !row.content_matches() {
                 w.problem(
                     ProblemKind::Modified,
@@ -313,9 +336,10 @@ pub fn verify(db_path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Audi
                 match cp {
                     Some(cp) => {
                         if anchor.as_ref().is_some_and(|a| a.0 == cp.seq && a.1 == cp.hash) {
+                            // The checkpoint vouches for the retention anchor.
                             anchor_covered = opts.pubkey.as_ref().is_none_or(|k| cp.verify(k).is_ok());
-                        }
-                        if cp.seq < s {
+                            w.report.checkpoints_verified += u64::from(anchor_covered);
+                        } else if cp.seq < s {
                             w.check_checkpoint(&cp, Some(row), &format!("record seq {s}"))?;
                         }
                     }

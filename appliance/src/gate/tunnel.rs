@@ -106,15 +106,16 @@ pub(super) async fn handle(
         close_reason: guard.reason_handle(),
     };
     tracing::info!(user = %ctx.identity.user, connection = %ctx.connection.name, session = %ctx.session_id, %peer, "session start");
-    if shared
+    // Strict audit mode: no byte reaches the upstream before this is durable.
+    if let Err(e) = shared
         .audit
-        .record(ctx.audit_record(AuditKind::SessionStart))
+        .record_gated(ctx.audit_record(AuditKind::SessionStart))
         .await
-        .is_err()
     {
-        tracing::error!("audit writer is gone; closing session");
+        tracing::error!(error = %e, "session start not audited; closing session");
         return;
     }
+    shared.metrics.session_started(ctx.connection.kind);
     let started = Instant::now();
     let pending = Bytes::copy_from_slice(&buf[header_len..]);
     let mut end = proxy::serve(stream, upstream, pending, &ctx).await;
@@ -129,6 +130,9 @@ pub(super) async fn handle(
         .duration(started.elapsed())
         .outcome("ok")
         .reason(end.reason);
+    shared
+        .metrics
+        .session_ended(ctx.connection.kind, end.bytes_up, end.bytes_down);
     if let Err(e) = shared.audit.record(rec).await {
         tracing::error!(error = %e, "audit record of a session end lost");
     }

@@ -306,7 +306,8 @@ pub(super) fn validate_routes(
         }
         let text = match r.text {
             None => None,
-            Some(p) => Some(TextMatch(regex::Regex::new(&p).map_err(|e| {
+            // ASCII semantics (`\s`, `(?i)`), as the crate is built without Unicode tables.
+            Some(p) => Some(TextMatch(regex::RegexBuilder::new(&p).unicode(false).build().map_err(|e| {
                 invalid(format!("{ctx}: text is not a valid regex: {e}"))
             })?)),
         };

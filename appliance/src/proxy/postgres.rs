@@ -12,8 +12,12 @@ pub mod cancel;
 pub mod classify;
 pub mod client;
 pub mod codec;
+pub mod controls;
 pub mod ephemeral;
 pub mod error;
+pub mod guard;
+pub mod hold;
+pub mod mask;
 pub mod relay;
 pub mod tracker;
 pub mod upstream;
@@ -110,6 +114,8 @@ async fn forward_cancel(
         tracing::warn!(user = %ctx.identity.user, owner = %target.user, "cancel request for another person's session ignored");
         return end("cancel request for another person's session ignored", 0, 0);
     }
+    // A statement held for approval is withdrawn; a running one is cancelled upstream.
+    target.hold_cancel.notify_waiters();
     let mut out = Vec::new();
     if codec::cancel_request(&mut out, target.upstream_process_id, &target.upstream_key).is_err() {
         return end("cancel key unusable", 0, 0);
@@ -227,12 +233,14 @@ async fn session(
     } else {
         32
     };
+    let hold_cancel = std::sync::Arc::new(tokio::sync::Notify::new());
     let cancel_key = ctx.shared.pg_cancel.register(
         CancelTarget {
             user: ctx.identity.user.clone(),
             connection: conn.name.clone(),
             upstream_process_id: up.process_id,
             upstream_key: up.secret_key.clone(),
+            hold_cancel: hold_cancel.clone(),
         },
         key_len,
     );
@@ -260,6 +268,11 @@ async fn session(
     shared
         .bytes_down
         .fetch_add(hello.len() as u64, Ordering::Relaxed);
+    let controls = controls::Controls::new(
+        std::sync::Arc::new(settings.controls.clone()),
+        ctx.identity.groups.clone(),
+        ctx.policy_version,
+    );
     let stop = run_relay(
         stream,
         up.stream,
@@ -268,6 +281,8 @@ async fn session(
         &shared,
         ctx,
         &database,
+        controls,
+        hold_cancel,
     )
     .await;
     drop(cancel_key);
@@ -324,6 +339,7 @@ impl std::fmt::Display for RelayEnd {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_relay(
     client: TunnelStream,
     upstream: upstream::UpstreamStream,
@@ -332,7 +348,16 @@ async fn run_relay(
     shared: &relay::Shared,
     ctx: &SessionContext,
     database: &str,
+    controls: controls::Controls,
+    hold_cancel: std::sync::Arc<tokio::sync::Notify>,
 ) -> RelayEnd {
+    let (notice_tx, mut notice_rx) = tokio::sync::mpsc::channel(16);
+    let mut up_controls = relay::UpControls {
+        controls,
+        ctx,
+        notices: notice_tx,
+        cancelled: hold_cancel,
+    };
     let (mut cr, mut cw): (ReadHalf<TunnelStream>, WriteHalf<TunnelStream>) =
         tokio::io::split(client);
     let (mut ur, mut uw) = tokio::io::split(upstream);
@@ -344,20 +369,14 @@ async fn run_relay(
         }
     };
     let outcome = {
-        let up = relay::pump(
-            &mut cr,
-            &mut uw,
-            &mut cbuf,
-            Direction::Up,
-            shared,
-            flush_audit,
-        );
+        let up = relay::pump_up(&mut cr, &mut uw, &mut cbuf, shared, &mut up_controls, flush_audit);
         let down = relay::pump(
             &mut ur,
             &mut cw,
             &mut ubuf,
             Direction::Down,
             shared,
+            Some(&mut notice_rx),
             flush_audit,
         );
         tokio::pin!(up, down);
@@ -445,6 +464,9 @@ async fn audit_statements(ctx: &SessionContext, database: &str, events: Vec<Stat
         }
         if let Some(s) = &ev.sqlstate {
             d["sqlstate"] = serde_json::Value::from(s.as_str());
+        }
+        if let Some(c) = &ev.control {
+            d["control"] = c.clone();
         }
         let mut rec = ctx
             .audit_record(AuditKind::Statement)

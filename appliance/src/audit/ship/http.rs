@@ -156,6 +156,16 @@ pub fn gzip(data: &[u8]) -> Result<Vec<u8>, ShipError> {
     Ok(enc.finish()?)
 }
 
+/// Gunzip `data` (receivers, tests), refusing more than 256 MiB of output.
+pub fn gunzip(data: &[u8]) -> Result<Vec<u8>, ShipError> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .take(256 << 20)
+        .read_to_end(&mut out)?;
+    Ok(out)
+}
+
 /// The HTTP sink.
 pub struct HttpTransport {
     target: Target,

@@ -9,12 +9,14 @@ use std::sync::Mutex;
 use ring::rand::SecureRandom;
 
 /// Where a cancel for one client key goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CancelTarget {
     pub user: String,
     pub connection: String,
     pub upstream_process_id: i32,
     pub upstream_key: Vec<u8>,
+    /// Woken by a cancel, so a statement held for approval is withdrawn.
+    pub hold_cancel: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Live sessions' cancel keys. A std mutex held only for map updates.
@@ -82,6 +84,7 @@ mod tests {
             connection: "pg".into(),
             upstream_process_id: 7,
             upstream_key: vec![1, 2, 3, 4],
+            hold_cancel: Default::default(),
         };
         let g1 = reg.register(t.clone(), 4);
         let g2 = reg.register(t.clone(), 32);
@@ -90,10 +93,11 @@ mod tests {
             (g2.process_id, &g2.secret_key)
         );
         assert!(g1.process_id > 0);
-        assert_eq!(reg.lookup(g1.process_id, &g1.secret_key), Some(t));
+        let found = reg.lookup(g1.process_id, &g1.secret_key).unwrap();
+        assert_eq!((found.user, found.upstream_process_id), (t.user, t.upstream_process_id));
         let (pid, key) = (g1.process_id, g1.secret_key.clone());
         drop(g1);
-        assert_eq!(reg.lookup(pid, &key), None);
+        assert!(reg.lookup(pid, &key).is_none());
         assert!(reg.lookup(g2.process_id, &g2.secret_key).is_some());
     }
 }

@@ -30,6 +30,7 @@
 //! operators, and (with `standard_conforming_strings = off`) plain strings
 //! holding a backslash are `unparsed` rather than risk a wrong answer.
 
+mod exposure;
 mod split;
 mod walk;
 
@@ -42,7 +43,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
-pub use walk::Exposure;
+pub use exposure::Exposure;
 
 /// Largest text classified; a longer one is [`StatementClass::Unparsed`].
 /// Bounds parse time and the syntax tree's memory (several times the text).
@@ -51,9 +52,11 @@ pub const MAX_CLASSIFY_BYTES: usize = 1 << 20;
 /// Longest run of operators at one parenthesis level (between commas) that
 /// is parsed. Operator chains become nested trees that the parser, the tree
 /// walk and the tree's drop all recurse into, so an unbounded chain could
-/// overflow the stack; with this bound a classification needs well under
-/// 1 MiB of stack (measured in tests, debug build).
-pub const MAX_EXPRESSION_RUN: usize = 2_000;
+/// overflow the stack; with this bound a classification needs about 1 MiB of
+/// stack in a debug build and about 100 KiB in release (tokio's worker
+/// threads have 2 MiB). Every operator counts, so `a = 1 OR b = 2 OR ...`
+/// reaches it at 500 terms.
+pub const MAX_EXPRESSION_RUN: usize = 1_000;
 
 /// Deepest parenthesis nesting parsed (the parser itself stops at 50).
 pub const MAX_PAREN_DEPTH: usize = 64;

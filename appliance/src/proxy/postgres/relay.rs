@@ -128,6 +128,7 @@ pub async fn pump<R, W, F, Fut>(
     buf: &mut BytesMut,
     dir: Direction,
     shared: &Shared,
+    mut notices: Option<&mut tokio::sync::mpsc::Receiver<Vec<u8>>>,
     mut on_batch: F,
 ) -> Stop
 where
@@ -196,6 +197,241 @@ where
             return Stop::Closed;
         }
         // Room for the rest of an inspected frame (bounded by max_message).
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            let need = match buf.first_chunk::<FRAME_HEADER_LEN>() {
+                Some(h) => codec::frame_len(h, shared.max_message).unwrap_or(READ_CHUNK),
+                None => READ_CHUNK,
+            };
+            buf.reserve(need.saturating_sub(buf.len()).max(READ_CHUNK));
+        }
+        // Everything written so far ends at a message boundary, so a notice
+        // from the other direction may go out here.
+        let read = match notices.as_deref_mut() {
+            None => r.read_buf(buf).await,
+            Some(rx) => tokio::select! {
+                read = r.read_buf(buf) => read,
+                Some(notice) = rx.recv() => {
+                    if let Err(e) = w.write_all(&notice).await {
+                        return Stop::Io(e);
+                    }
+                    if let Err(e) = w.flush().await {
+                        return Stop::Io(e);
+                    }
+                    shared.count(dir, notice.len());
+                    continue;
+                }
+            },
+        };
+        match read {
+            Ok(0) => return Stop::Closed,
+            Ok(_) => {}
+            Err(e) => return Stop::Io(e),
+        }
+    }
+}
+
+/// What the client-to-upstream direction needs for guardrails and holds.
+pub struct UpControls<'a> {
+    pub controls: super::controls::Controls,
+    pub ctx: &'a crate::proxy::SessionContext,
+    /// Messages for the client (notices), written by the other direction.
+    pub notices: tokio::sync::mpsc::Sender<Vec<u8>>,
+    /// Fires when the client sends a CancelRequest for this session.
+    pub cancelled: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// Why a refused statement did not run, for its audit record.
+fn denied_event(text: &[u8], kind: super::tracker::StepKind, control: serde_json::Value, message: &str) -> StatementEvent {
+    StatementEvent {
+        kind,
+        text: Some(super::tracker::audit_text(&String::from_utf8_lossy(text))),
+        statement: None,
+        params: None,
+        duration: std::time::Duration::ZERO,
+        tags: Vec::new(),
+        rows: None,
+        sqlstate: Some("42501".into()),
+        error: Some(message.to_string()),
+        outcome: "denied",
+        control: Some(control),
+    }
+}
+
+/// The client-to-upstream direction with guardrails: like [`pump`], but each
+/// Query and Parse is classified first; a denied one is replaced by a
+/// statement that raises the denial server-side (and, for Parse, everything up
+/// to the next Sync is dropped, as the server would skip it); a held one waits
+/// for its approval while frames before it are already on their way.
+pub async fn pump_up<R, W, F, Fut>(
+    r: &mut R,
+    w: &mut W,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    up: &mut UpControls<'_>,
+    mut on_batch: F,
+) -> Stop
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use super::controls::{fingerprint, raise_query, Verdict};
+    use super::hold::{hold, HoldEnd};
+    use super::tracker::StepKind;
+    let dir = Direction::Up;
+    let mut skipping = false;
+    loop {
+        let mut start = 0;
+        let mut at = 0;
+        let mut terminate = false;
+        let mut passthrough = 0usize;
+        while buf.len() - at >= FRAME_HEADER_LEN {
+            let header: [u8; FRAME_HEADER_LEN] = [buf[at], buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]];
+            let total = match codec::frame_len(&header, shared.max_message) {
+                Ok(t) => t,
+                Err(e) => return Stop::Protocol(e),
+            };
+            let tag = header[0];
+            if buf.len() - at < total {
+                if !inspected(dir, tag) && total > READ_CHUNK && !skipping {
+                    passthrough = total - (buf.len() - at);
+                    at = buf.len();
+                }
+                break;
+            }
+            if skipping {
+                // A refused Parse: the server never saw it, so nothing up to
+                // the Sync may reach it either; the raised error stands for them.
+                if at > start {
+                    if let Err(e) = w.write_all(&buf[start..at]).await {
+                        return Stop::Io(e);
+                    }
+                    shared.count(dir, at - start);
+                }
+                if tag == frontend::SYNC_TAG {
+                    skipping = false;
+                }
+                at += total;
+                start = at;
+                continue;
+            }
+            let body_range = at + FRAME_HEADER_LEN..at + total;
+            if up.controls.active() && (tag == frontend::QUERY_TAG || tag == frontend::PARSE_TAG) {
+                let (sql, name) = match tag {
+                    frontend::QUERY_TAG => match frontend::Query::parse(&buf[body_range.clone()]) {
+                        Ok(q) => (q.sql.as_bytes().to_vec(), None),
+                        Err(e) => return Stop::Protocol(e),
+                    },
+                    _ => match frontend::Parse::parse(&buf[body_range.clone()]) {
+                        Ok(p) => (p.query.as_bytes().to_vec(), Some(p.name.to_string())),
+                        Err(e) => return Stop::Protocol(e),
+                    },
+                };
+                let (verdict, classes) = up.controls.check(&sql, name.as_deref());
+                let class_names: Vec<&str> = classes.iter().map(|c| c.as_str()).collect();
+                let kind = if tag == frontend::QUERY_TAG { StepKind::Simple } else { StepKind::Prepare };
+                let refusal = match verdict {
+                    Verdict::Forward => None,
+                    Verdict::Deny { class, rule, message } => Some((
+                        "42501",
+                        message,
+                        serde_json::json!({"decision": "deny", "class": class.as_str(), "rule": rule, "classes": class_names}),
+                    )),
+                    Verdict::Hold { class, rule } => {
+                        // What is already decided goes first.
+                        if at > start {
+                            if let Err(e) = w.write_all(&buf[start..at]).await {
+                                return Stop::Io(e);
+                            }
+                            shared.count(dir, at - start);
+                            start = at;
+                        }
+                        if let Err(e) = w.flush().await {
+                            return Stop::Io(e);
+                        }
+                        on_batch().await;
+                        let text = String::from_utf8_lossy(&sql).into_owned();
+                        let approval = up.controls.settings().approval.clone();
+                        match hold(up.ctx, approval.as_ref(), &text, fingerprint(&sql), &rule, &up.notices, &up.cancelled).await {
+                            HoldEnd::Run => None,
+                            HoldEnd::SessionClosed => return Stop::Closed,
+                            HoldEnd::Refuse(state, message) => Some((
+                                state,
+                                message,
+                                serde_json::json!({"decision": "hold", "class": class.as_str(), "rule": rule, "classes": class_names}),
+                            )),
+                        }
+                    }
+                };
+                if let Some((state, message, control)) = refusal {
+                    if at > start {
+                        if let Err(e) = w.write_all(&buf[start..at]).await {
+                            return Stop::Io(e);
+                        }
+                        shared.count(dir, at - start);
+                    }
+                    let raise = raise_query(state, &message);
+                    if let Err(e) = w.write_all(&raise).await {
+                        return Stop::Io(e);
+                    }
+                    shared.tracker.lock().unwrap_or_else(|e| e.into_inner()).push_silent();
+                    shared
+                        .events
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(denied_event(&sql, kind, control, &message));
+                    skipping = tag == frontend::PARSE_TAG;
+                    at += total;
+                    start = at;
+                    continue;
+                }
+            }
+            if tag == frontend::CLOSE_TAG {
+                if let Ok(c) = frontend::Close::parse(&buf[body_range.clone()]) {
+                    if c.target == frontend::Target::Statement {
+                        up.controls.close_statement(&c.name.to_string());
+                    }
+                }
+            }
+            if inspected(dir, tag) {
+                match shared.feed(dir, tag, &buf[body_range]) {
+                    Ok(t) => terminate |= t,
+                    Err(e) => return Stop::Protocol(e),
+                }
+            }
+            at += total;
+        }
+        if at > start {
+            if let Err(e) = w.write_all(&buf[start..at]).await {
+                return Stop::Io(e);
+            }
+            shared.count(dir, at - start);
+        }
+        buf.advance(at);
+        while passthrough > 0 {
+            buf.clear();
+            let want = passthrough.min(buf.capacity().max(READ_CHUNK));
+            buf.reserve(want);
+            let n = match (&mut *r).take(want as u64).read_buf(buf).await {
+                Ok(0) => return Stop::Io(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => n,
+                Err(e) => return Stop::Io(e),
+            };
+            if let Err(e) = w.write_all(&buf[..n]).await {
+                return Stop::Io(e);
+            }
+            shared.count(dir, n);
+            passthrough -= n;
+            buf.clear();
+        }
+        if let Err(e) = w.flush().await {
+            return Stop::Io(e);
+        }
+        on_batch().await;
+        if terminate {
+            return Stop::Closed;
+        }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             let need = match buf.first_chunk::<FRAME_HEADER_LEN>() {
                 Some(h) => codec::frame_len(h, shared.max_message).unwrap_or(READ_CHUNK),

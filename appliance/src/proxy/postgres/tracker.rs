@@ -55,8 +55,11 @@ pub struct StatementEvent {
     pub rows: Option<u64>,
     pub sqlstate: Option<String>,
     pub error: Option<String>,
-    /// `ok`, `error`, `skipped` (after an earlier error), `suspended`, `unfinished`.
+    /// `ok`, `error`, `skipped` (after an earlier error), `suspended`,
+    /// `unfinished`, `denied`.
     pub outcome: &'static str,
+    /// Guardrail details (class, rule, decision) when a control acted.
+    pub control: Option<serde_json::Value>,
 }
 
 #[derive(Debug)]
@@ -81,6 +84,9 @@ enum Pending {
         started: Instant,
     },
     Sync,
+    /// A statement the gateway sent in place of a refused one: its answer is
+    /// consumed like a simple query's, and it is not audited as a statement.
+    Silent,
 }
 
 /// The tracker of one session.
@@ -145,6 +151,7 @@ impl Tracker {
                         sqlstate: None,
                         error: None,
                         outcome: "ok",
+                        control: None,
                     }));
                 }
             }
@@ -319,7 +326,10 @@ impl Tracker {
             backend::READY_FOR_QUERY_TAG => {
                 // Finishes one Simple/Function step, or everything up to a Sync.
                 while let Some(p) = self.queue.pop_front() {
-                    let ends_step = matches!(p, Pending::Sync | Pending::Simple { .. } | Pending::Function { .. });
+                    let ends_step = matches!(
+                        p,
+                        Pending::Sync | Pending::Simple { .. } | Pending::Function { .. } | Pending::Silent
+                    );
                     if let Some(ev) = p.into_event(now, None) {
                         out.push(ev);
                     }
@@ -331,6 +341,11 @@ impl Tracker {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A statement the gateway sent in place of a refused one.
+    pub fn push_silent(&mut self) {
+        self.queue.push_back(Pending::Silent);
     }
 
     /// The session ended: everything still pending, as `unfinished`.
@@ -348,7 +363,7 @@ impl Pending {
     fn into_event(self, now: Instant, cut_short: Option<&str>) -> Option<StatementEvent> {
         let unfinished = cut_short.map(|r| (None, Some(r.to_string())));
         let (kind, text, tags, rows, started, error) = match self {
-            Pending::Sync => return None,
+            Pending::Sync | Pending::Silent => return None,
             Pending::Execute { statement, text, params, started } => {
                 let outcome = "unfinished";
                 let err = unfinished.or(Some((None, None)));
@@ -377,6 +392,7 @@ impl Pending {
             sqlstate,
             error,
             outcome,
+            control: None,
         })
     }
 }
@@ -404,6 +420,7 @@ fn execute_event(
         sqlstate,
         error,
         outcome,
+        control: None,
     }
 }
 

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 /// Bytes queued per channel before the laptop is slowed down.
 pub const LANE_BYTES: usize = 1024 * 1024;
 /// Extra bytes per connection let through while the other direction is stuck.
-pub const OVERFLOW_BYTES: usize = 0;
+pub const OVERFLOW_BYTES: usize = 4 * 1024 * 1024;
 /// How long a write towards the laptop must be stuck to count as stalled.
 pub const STALL: Duration = Duration::from_millis(20);
 /// What a non-data event costs in the byte budget.

@@ -136,15 +136,11 @@ fn too_deep(tokens: &[TokenWithSpan]) -> Option<String> {
             Token::LParen | Token::LBracket | Token::LBrace => {
                 runs.push(0);
                 if runs.len() > MAX_PAREN_DEPTH {
-                    return Some(format!(
-                        "nested deeper than {MAX_PAREN_DEPTH} parentheses"
-                    ));
+                    return Some(format!("nested deeper than {MAX_PAREN_DEPTH} parentheses"));
                 }
             }
-            Token::RParen | Token::RBracket | Token::RBrace => {
-                if runs.len() > 1 {
-                    runs.pop();
-                }
+            Token::RParen | Token::RBracket | Token::RBrace if runs.len() > 1 => {
+                runs.pop();
             }
             Token::Comma => {
                 if let Some(r) = runs.last_mut() {
@@ -186,7 +182,6 @@ fn is_operator(t: &Token) -> bool {
                 | Keyword::OVERLAPS
                 | Keyword::ESCAPE
                 | Keyword::OPERATOR
-                | Keyword::ISNULL
                 | Keyword::NOTNULL
                 | Keyword::XOR
         ),
@@ -268,7 +263,9 @@ fn fallback(words: &[String], program: bool) -> Option<BTreeSet<StatementClass>>
         ("BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT", _)
         | ("SAVEPOINT" | "RELEASE", _) => &[Transaction],
         ("SET" | "RESET", "ROLE" | "SESSION" | "LOCAL")
-            if words.iter().any(|x| matches!(x.as_str(), "ROLE" | "AUTHORIZATION")) =>
+            if words
+                .iter()
+                .any(|x| matches!(x.as_str(), "ROLE" | "AUTHORIZATION")) =>
         {
             &[RoleSwitch]
         }

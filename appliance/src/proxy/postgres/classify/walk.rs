@@ -20,24 +20,9 @@ use sqlparser::ast::{
     UtilityOption, Value, Visit, Visitor,
 };
 
+use super::exposure::{expose, projection_exposures, Scope};
 use super::{Classification, StatementClass};
 use StatementClass::*;
-
-/// Most exposures kept per text; past it, one catch-all entry.
-const MAX_EXPOSURES: usize = 256;
-
-/// A column a statement returns computed from a stored value (inside a
-/// function, cast or operator), or a whole row returned as one value
-/// (`SELECT t FROM t`, `row_to_json(t.*)`): masking by column cannot see
-/// through either.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Exposure {
-    /// The relation as written (`[table]` or `[schema, table]`, aliases
-    /// resolved within the same SELECT); empty when unknown.
-    pub relation: Vec<String>,
-    /// The column; `None` for a whole row.
-    pub column: Option<String>,
-}
 
 /// Classifies one top-level statement into `out`.
 pub(super) fn classify_statement(s: &Statement, out: &mut Classification) {
@@ -99,7 +84,10 @@ fn is_false(e: &Expr) -> bool {
         Expr::Identifier(id) => id.value.clone(),
         _ => return false,
     };
-    matches!(text.to_ascii_lowercase().as_str(), "false" | "off" | "0" | "no")
+    matches!(
+        text.to_ascii_lowercase().as_str(),
+        "false" | "off" | "0" | "no"
+    )
 }
 
 struct Walker<'a> {
@@ -165,7 +153,9 @@ fn statement_classes(s: &Statement, out: &mut Classification) {
         Statement::Insert(i) => {
             if let Some(items) = &i.returning {
                 let scope = match &i.table {
-                    TableObject::TableName(name) => Scope::single(name, i.table_alias.as_ref().map(|a| &a.alias)),
+                    TableObject::TableName(name) => {
+                        Scope::single(name, i.table_alias.as_ref().map(|a| &a.alias))
+                    }
                     _ => Scope::default(),
                 };
                 projection_exposures(items, &scope, &mut out.exposures);
@@ -223,7 +213,9 @@ fn statement_classes(s: &Statement, out: &mut Classification) {
         | Statement::DropTrigger { .. } => &[Drop, Ddl],
         Statement::AlterTable(t) => {
             let ops = &t.operations;
-            let drops = ops.iter().any(|o| matches!(o, AlterTableOperation::DropColumn { .. }));
+            let drops = ops
+                .iter()
+                .any(|o| matches!(o, AlterTableOperation::DropColumn { .. }));
             let privilege = ops.iter().any(|o| {
                 matches!(
                     o,
@@ -290,9 +282,7 @@ fn statement_classes(s: &Statement, out: &mut Classification) {
         | Statement::CreateUser { .. }
         | Statement::AlterUser { .. }
         | Statement::AlterDefaultPrivileges { .. } => &[Privilege],
-        Statement::CreateFunction { .. } | Statement::CreateProcedure { .. } => {
-            &[Procedural, Ddl]
-        }
+        Statement::CreateFunction { .. } | Statement::CreateProcedure { .. } => &[Procedural, Ddl],
         Statement::Call { .. } => &[Procedural],
         Statement::Set(set) => set_classes(set),
         Statement::Reset(r) => match &r.reset {
@@ -319,13 +309,16 @@ fn statement_classes(s: &Statement, out: &mut Classification) {
         // Nested EXPLAIN (the walk also visits its statement: over-approximate).
         Statement::Explain { .. } => &[Read],
         Statement::Prepare { .. } => &[SessionConfig],
-        Statement::Execute { name: Some(name), .. } => {
+        Statement::Execute {
+            name: Some(name), ..
+        } => {
             out.executes.push(fold_object(name));
             &[]
         }
         Statement::Deallocate { name, .. } => {
             let all = name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all");
-            out.deallocates.push(if all { None } else { Some(fold(name)) });
+            out.deallocates
+                .push(if all { None } else { Some(fold(name)) });
             &[SessionConfig]
         }
         _ => {
@@ -347,7 +340,9 @@ fn set_classes(set: &Set) -> &'static [StatementClass] {
         Set::SetTransaction { .. } => return &[Transaction],
         Set::SingleAssignment { variable, .. } => is_role_param(variable),
         Set::ParenthesizedAssignments { variables, .. } => variables.iter().any(is_role_param),
-        Set::MultipleAssignments { assignments } => assignments.iter().any(|a| is_role_param(&a.name)),
+        Set::MultipleAssignments { assignments } => {
+            assignments.iter().any(|a| is_role_param(&a.name))
+        }
         _ => false,
     };
     if any_role {
@@ -361,7 +356,8 @@ fn set_classes(set: &Set) -> &'static [StatementClass] {
 /// when quoted).
 fn is_role_param(name: &ObjectName) -> bool {
     last_ident(name).is_some_and(|id| {
-        id.value.eq_ignore_ascii_case("role") || id.value.eq_ignore_ascii_case("session_authorization")
+        id.value.eq_ignore_ascii_case("role")
+            || id.value.eq_ignore_ascii_case("session_authorization")
     })
 }
 
@@ -419,7 +415,11 @@ const SYSTEM_PREFIXES: &[&str] = &[
     "pg_replication_origin_",
 ];
 
-fn function_classes(name: &ObjectName, first: Option<&FunctionArg>, out: &mut BTreeSet<StatementClass>) {
+fn function_classes(
+    name: &ObjectName,
+    first: Option<&FunctionArg>,
+    out: &mut BTreeSet<StatementClass>,
+) {
     let Some(id) = last_ident(name) else {
         return;
     };
@@ -440,7 +440,10 @@ fn function_classes(name: &ObjectName, first: Option<&FunctionArg>, out: &mut BT
             _ => None,
         };
         match literal {
-            Some(s) if !s.eq_ignore_ascii_case("role") && !s.eq_ignore_ascii_case("session_authorization") => {
+            Some(s)
+                if !s.eq_ignore_ascii_case("role")
+                    && !s.eq_ignore_ascii_case("session_authorization") =>
+            {
                 out.insert(SessionConfig);
             }
             _ => {
@@ -450,138 +453,12 @@ fn function_classes(name: &ObjectName, first: Option<&FunctionArg>, out: &mut BT
     }
 }
 
-/// The relations of one FROM list, by the names a column may be qualified
-/// with (alias, or the table's own name when it has none).
-#[derive(Default)]
-struct Scope {
-    names: Vec<(String, Vec<String>)>,
-}
-
-impl Scope {
-    fn of(from: &[TableWithJoins]) -> Scope {
-        let mut scope = Scope::default();
-        let factors = from
-            .iter()
-            .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)));
-        for f in factors {
-            if let TableFactor::Table { name, alias, .. } = f {
-                scope.add(name, alias.as_ref().map(|a| &a.name));
-            }
-        }
-        scope
-    }
-
-    fn single(name: &ObjectName, alias: Option<&Ident>) -> Scope {
-        let mut scope = Scope::default();
-        scope.add(name, alias);
-        scope
-    }
-
-    fn add(&mut self, name: &ObjectName, alias: Option<&Ident>) {
-        let relation: Vec<String> = name
-            .0
-            .iter()
-            .filter_map(ObjectNamePart::as_ident)
-            .map(fold)
-            .collect();
-        let key = match alias {
-            Some(a) => fold(a),
-            None => relation.last().cloned().unwrap_or_default(),
-        };
-        self.names.push((key, relation));
-    }
-
-    fn lookup(&self, qualifier: &str) -> Option<&Vec<String>> {
-        self.names.iter().find(|(k, _)| k == qualifier).map(|(_, r)| r)
-    }
-
-    /// The relation of an unqualified column: known when there is only one.
-    fn only(&self) -> Vec<String> {
-        match self.names.as_slice() {
-            [(_, r)] => r.clone(),
-            _ => Vec::new(),
-        }
-    }
-}
-
-fn projection_exposures(items: &[SelectItem], scope: &Scope, out: &mut Vec<Exposure>) {
-    for item in items {
-        let e = match item {
-            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
-            _ => continue,
-        };
-        let mut plain = e;
-        while let Expr::Nested(inner) = plain {
-            plain = inner;
-        }
-        match plain {
-            // A bare relation name is its whole row.
-            Expr::Identifier(id) => {
-                if let Some(r) = scope.lookup(&fold(id)) {
-                    expose(out, Exposure { relation: r.clone(), column: None });
-                }
-                continue;
-            }
-            Expr::CompoundIdentifier(_) => continue,
-            _ => {}
-        }
-        let _ = visit_expressions(e, |x| {
-            match x {
-                Expr::Identifier(id) => {
-                    let name = fold(id);
-                    let exposure = match scope.lookup(&name) {
-                        Some(r) => Exposure { relation: r.clone(), column: None },
-                        None => Exposure { relation: scope.only(), column: Some(name) },
-                    };
-                    expose(out, exposure);
-                }
-                Expr::CompoundIdentifier(parts) => {
-                    if let Some((column, qualifier)) = parts.split_last() {
-                        let relation = match qualifier.last() {
-                            Some(q) => scope.lookup(&fold(q)).cloned().unwrap_or_else(|| qualifier.iter().map(fold).collect()),
-                            None => scope.only(),
-                        };
-                        expose(out, Exposure { relation, column: Some(fold(column)) });
-                    }
-                }
-                Expr::Function(f) => {
-                    if let FunctionArguments::List(l) = &f.args {
-                        for a in &l.args {
-                            if let FunctionArg::Unnamed(FunctionArgExpr::QualifiedWildcard(q)) = a {
-                                let q = last_ident(q).map(fold).unwrap_or_default();
-                                let relation = scope.lookup(&q).cloned().unwrap_or_else(|| vec![q]);
-                                expose(out, Exposure { relation, column: None });
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-            ControlFlow::<()>::Continue(())
-        });
-    }
-}
-
-fn expose(out: &mut Vec<Exposure>, e: Exposure) {
-    if out.contains(&e) {
-        return;
-    }
-    if out.len() >= MAX_EXPOSURES {
-        let any = Exposure { relation: Vec::new(), column: None };
-        if !out.contains(&any) {
-            out.push(any);
-        }
-        return;
-    }
-    out.push(e);
-}
-
-fn last_ident(name: &ObjectName) -> Option<&Ident> {
+pub(super) fn last_ident(name: &ObjectName) -> Option<&Ident> {
     name.0.last().and_then(ObjectNamePart::as_ident)
 }
 
 /// An identifier as PostgreSQL stores it: unquoted ones fold to lower case.
-fn fold(id: &Ident) -> String {
+pub(super) fn fold(id: &Ident) -> String {
     if id.quote_style.is_some() {
         id.value.clone()
     } else {

@@ -21,8 +21,8 @@
 //! [`AuditHandle::record_durable`] resolves only after an fsynced commit.
 
 pub mod chain;
-pub mod cli;
 mod checkpoint;
+pub mod cli;
 mod export;
 mod keys;
 mod query;

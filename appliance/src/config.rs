@@ -51,6 +51,24 @@ struct RawConfig {
     audit_sink: Vec<crate::audit::ship::RawSink>,
     runbook_dir: Option<PathBuf>,
     event_concurrency: Option<usize>,
+    #[cfg(feature = "bench")]
+    #[serde(default)]
+    bench_listener: Vec<BenchListener>,
+}
+
+/// Benchmark builds only (`--features bench`): a plain TCP listener on a
+/// loopback address whose connections are admitted as `user`/`groups` to
+/// `target:port`, exactly as a tunnel stream would be but without TLS and
+/// the tunnel header, to measure the appliance alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchListener {
+    pub listen: SocketAddr,
+    pub target: String,
+    pub port: u16,
+    pub user: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// Validated runtime configuration with absolute paths.
@@ -76,6 +94,8 @@ pub struct RuntimeConfig {
     pub revocation_poll_interval: Duration,
     /// Audit modes, checkpoints, sinks, retention, runbooks, admin listener.
     pub audit: crate::audit::settings::AuditSettings,
+    /// Plain benchmark listeners (always empty unless built with `bench`).
+    pub bench_listeners: Vec<BenchListener>,
 }
 
 impl RuntimeConfig {
@@ -134,7 +154,22 @@ impl RuntimeConfig {
         } else {
             raw.tls_names
         };
+        #[cfg(feature = "bench")]
+        let bench_listeners = {
+            for b in &raw.bench_listener {
+                if !b.listen.ip().is_loopback() {
+                    return Err(ConfigError::Invalid(
+                        shown.to_string(),
+                        format!("bench_listener {} must be a loopback address", b.listen),
+                    ));
+                }
+            }
+            raw.bench_listener.clone()
+        };
+        #[cfg(not(feature = "bench"))]
+        let bench_listeners = Vec::new();
         Ok(RuntimeConfig {
+            bench_listeners,
             listen: raw
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8443))),

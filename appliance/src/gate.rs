@@ -68,11 +68,59 @@ async fn handle_connection(
     let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     match alpn.as_deref() {
         Some(p) if p == tunnel_lite::wire::ALPN => {
-            tunnel::handle(tls, peer, deadline, shared).await
+            tunnel::handle(Box::new(tls), peer, deadline, shared).await
         }
         Some(p) if p == crate::tls::ALPN_HTTP => {
             crate::api::serve_connection(tls, peer, shared).await
         }
         _ => tracing::debug!(%peer, "client offered no known ALPN protocol; closing"),
+    }
+}
+
+/// Benchmark builds only: serves a plain loopback listener whose connections
+/// are admitted as the configured identity to the configured target.
+#[cfg(feature = "bench")]
+pub async fn serve_bench(
+    listener: TcpListener,
+    binding: crate::config::BenchListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => continue,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let binding = binding.clone();
+        tokio::spawn(async move {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let claims = crate::identity::SessionClaims {
+                sub: binding.user.clone(),
+                groups: binding.groups.clone(),
+                iat: now,
+                exp: now + 3600,
+                jti: "bench".into(),
+                iss: crate::identity::SESSION_ISSUER.into(),
+            };
+            tunnel::serve_admitted(
+                Box::new(tcp),
+                peer,
+                shared,
+                Ok(claims),
+                &binding.target,
+                binding.port,
+                bytes::Bytes::new(),
+                tunnel::Framing::Plain,
+            )
+            .await;
+        });
     }
 }

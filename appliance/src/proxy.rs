@@ -21,8 +21,13 @@ use crate::identity::Identity;
 use crate::policy::{Connection, ConnectionKind};
 use crate::server::Shared;
 
-/// The laptop side of a session: the TLS tunnel stream.
-pub type TunnelStream = tokio_rustls::server::TlsStream<TcpStream>;
+/// A byte stream toward the laptop.
+pub trait ClientIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> ClientIo for T {}
+
+/// The laptop side of a session: the TLS tunnel stream (or, in benchmark
+/// builds only, a plain loopback connection; see `config::BenchListener`).
+pub type TunnelStream = Box<dyn ClientIo>;
 
 /// Everything a proxy knows about the session it serves.
 pub struct SessionContext {

@@ -223,9 +223,12 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Io("listener address".into(), e))?;
-    let admin_listener = crate::admin::tasks::bind_admin(&cfg)
-        .await
-        .map_err(|e| ServerError::Io(format!("cannot listen on admin_listen {:?}", cfg.audit.admin_listen), e))?;
+    let admin_listener = crate::admin::tasks::bind_admin(&cfg).await.map_err(|e| {
+        ServerError::Io(
+            format!("cannot listen on admin_listen {:?}", cfg.audit.admin_listen),
+            e,
+        )
+    })?;
 
     let shared = Arc::new(Shared {
         policy: policy_rx,
@@ -285,6 +288,19 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
                 .run_poller(shared.cfg.revocation_poll_interval, shutdown.clone()),
         ),
     ]);
+    #[cfg(feature = "bench")]
+    for binding in shared.cfg.bench_listeners.clone() {
+        let listener = tokio::net::TcpListener::bind(binding.listen)
+            .await
+            .map_err(|e| ServerError::Io(format!("cannot listen on {}", binding.listen), e))?;
+        tracing::warn!(listen = %binding.listen, target = %binding.target, user = %binding.user, "BENCHMARK BUILD: plain listener without tunnel or token");
+        tasks.push(tokio::spawn(crate::gate::serve_bench(
+            listener,
+            binding,
+            shared.clone(),
+            shutdown.clone(),
+        )));
+    }
     Ok(Running {
         addr,
         fingerprint: tls.fingerprint,

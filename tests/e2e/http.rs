@@ -18,6 +18,7 @@ use e2e::http_upstream::{self, Nginx, UpstreamApp};
 use e2e::tunnel::TunnelLite;
 use e2e::unique_name;
 
+mod approval;
 mod limits;
 mod live;
 mod upstreams;

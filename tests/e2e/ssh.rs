@@ -167,6 +167,8 @@ impl Gw {
     pub async fn stop(self) {
         self.tl.stop().await;
         self.app.stop().await;
+        // The upstream goes last, once nothing talks to it.
+        drop(self.sshd);
     }
 }
 

@@ -88,7 +88,9 @@ action(type="omfile" file="{d}/out.log" template="body" flushOnTXEnd="on" asyncW
         let rsyslogd = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
             .into_iter()
             .find(|p| Path::new(p).exists())
-            .ok_or_else(|| anyhow::anyhow!("rsyslogd is not installed (rsyslog, rsyslog-gnutls)"))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("rsyslogd is not installed (rsyslog, rsyslog-gnutls)")
+            })?;
         let d = self.dir.path();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -186,30 +188,38 @@ impl HttpReceiver {
             while let Ok((s, _)) = l.accept().await {
                 let (received, hang) = (received.clone(), hang.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (received, hang) = (received.clone(), hang.clone());
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-                            let gz = parts
-                                .headers
-                                .get("content-encoding")
-                                .is_some_and(|v| v == "gzip");
-                            let body = if gz {
-                                appliance::audit::ship::http::gunzip(&bytes).unwrap_or_default()
-                            } else {
-                                bytes.to_vec()
-                            };
-                            received.lock().expect("lock").push(Received {
-                                headers: parts.headers,
-                                body,
-                            });
-                            if hang.load(Ordering::SeqCst) {
-                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let (received, hang) = (received.clone(), hang.clone());
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let bytes = body
+                                    .collect()
+                                    .await
+                                    .map(|c| c.to_bytes())
+                                    .unwrap_or_default();
+                                let gz = parts
+                                    .headers
+                                    .get("content-encoding")
+                                    .is_some_and(|v| v == "gzip");
+                                let body = if gz {
+                                    appliance::audit::ship::http::gunzip(&bytes).unwrap_or_default()
+                                } else {
+                                    bytes.to_vec()
+                                };
+                                received.lock().expect("lock").push(Received {
+                                    headers: parts.headers,
+                                    body,
+                                });
+                                if hang.load(Ordering::SeqCst) {
+                                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                                }
+                                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                    Bytes::from_static(b"ok"),
+                                )))
                             }
-                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                        }
-                    });
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(s), svc)
                         .await;

@@ -57,12 +57,22 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Reply {
         (&Method::GET, "/healthz") => text(StatusCode::OK, PLAIN, "ok\n".into()),
         (&Method::GET, "/readyz") => match not_ready(shared) {
             None => text(StatusCode::OK, PLAIN, "ready\n".into()),
-            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("not ready: {why}\n")),
+            Some(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                PLAIN,
+                format!("not ready: {why}\n"),
+            ),
         },
-        (_, "/metrics" | "/healthz" | "/readyz") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "method not allowed\n".into())
-        }
-        (_, path) => text(StatusCode::NOT_FOUND, PLAIN, format!("no such endpoint {path}\n")),
+        (_, "/metrics" | "/healthz" | "/readyz") => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            PLAIN,
+            "method not allowed\n".into(),
+        ),
+        (_, path) => text(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            format!("no such endpoint {path}\n"),
+        ),
     }
 }
 

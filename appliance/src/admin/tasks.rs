@@ -15,7 +15,9 @@ use crate::events::ActionEnv;
 use crate::server::{PolicyRx, Shared};
 
 /// Binds the admin listener if `admin_listen` is set (so a taken port fails startup).
-pub async fn bind_admin(shared_cfg: &crate::config::RuntimeConfig) -> std::io::Result<Option<TcpListener>> {
+pub async fn bind_admin(
+    shared_cfg: &crate::config::RuntimeConfig,
+) -> std::io::Result<Option<TcpListener>> {
     match shared_cfg.audit.admin_listen {
         None => Ok(None),
         Some(addr) => TcpListener::bind(addr).await.map(Some),
@@ -23,10 +25,16 @@ pub async fn bind_admin(shared_cfg: &crate::config::RuntimeConfig) -> std::io::R
 }
 
 /// Applies the policy's `[audit]` (or the runtime defaults) to the writer.
-pub fn apply_mode(audit: &AuditHandle, policy: &PolicyRx, defaults: &crate::audit::settings::AuditSettings) {
+pub fn apply_mode(
+    audit: &AuditHandle,
+    policy: &PolicyRx,
+    defaults: &crate::audit::settings::AuditSettings,
+) {
     let p = policy.borrow().as_ref().map(|p| p.policy().audit);
     let mode = p.and_then(|a| a.mode).unwrap_or(defaults.default_mode);
-    let full = p.and_then(|a| a.queue_full).unwrap_or(defaults.default_queue_full);
+    let full = p
+        .and_then(|a| a.queue_full)
+        .unwrap_or(defaults.default_queue_full);
     if audit.mode() != (mode, full) {
         tracing::info!(?mode, queue_full = ?full, "audit mode");
     }
@@ -84,7 +92,12 @@ pub fn spawn_all(
             shutdown.clone(),
         )),
     ];
-    for (status, task) in ship::spawn_sinks(&settings.sinks, &shared.audit, &shared.secrets, shutdown.clone()) {
+    for (status, task) in ship::spawn_sinks(
+        &settings.sinks,
+        &shared.audit,
+        &shared.secrets,
+        shutdown.clone(),
+    ) {
         shared.metrics.register_sink(status);
         tasks.push(task);
     }
@@ -118,7 +131,11 @@ pub fn spawn_all(
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "admin listener (metrics, health)");
         }
-        tasks.push(tokio::spawn(super::serve(listener, shared.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(super::serve(
+            listener,
+            shared.clone(),
+            shutdown.clone(),
+        )));
     }
     tasks
 }

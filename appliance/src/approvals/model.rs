@@ -232,8 +232,7 @@ pub(super) fn same_user(a: &str, b: &str) -> bool {
 /// Whether `approver` may decide `view` (ignoring its state): a member of the
 /// approvers group (exact match, like the policy's groups) who is not the requester.
 pub fn may_decide(view: &ApprovalView, approver: &Identity) -> bool {
-    !same_user(&view.user, &approver.user)
-        && approver.groups.contains(&view.approvers_group)
+    !same_user(&view.user, &approver.user) && approver.groups.contains(&view.approvers_group)
 }
 
 /// The pure decision: may `approver` decide `view` at `now_ms`?

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use super::{
-    export, parse_checkpoints, parse_since, verify, verify_export, AuditConfig, AuditError, AuditKey,
-    AuditKind, AuditPublicKey, AuditRecord, ExportFormat, ExportRequest, VerifyOptions,
+    export, parse_checkpoints, parse_since, verify, verify_export, AuditConfig, AuditError,
+    AuditKey, AuditKind, AuditPublicKey, AuditRecord, ExportFormat, ExportRequest, VerifyOptions,
 };
 use crate::config::RuntimeConfig;
 
@@ -111,7 +111,10 @@ pub async fn run(cmd: TrustCommand) -> Result<(), CliError> {
                     .map_err(|e| CliError::Failed(format!("{}: {e}", f.display())))?;
                 let found = parse_checkpoints(&text);
                 let Some(last) = found.into_iter().max_by_key(|c| c.seq) else {
-                    return Err(CliError::Failed(format!("{}: no checkpoint found", f.display())));
+                    return Err(CliError::Failed(format!(
+                        "{}: no checkpoint found",
+                        f.display()
+                    )));
                 };
                 external.push((last, f.display().to_string()));
             }

@@ -78,9 +78,27 @@ pub struct ExportSummary {
 }
 
 const CSV_HEADER: [&str; 21] = [
-    "type", "seq", "id", "time", "time_ms", "kind", "user", "groups", "connection", "session_id",
-    "client_addr", "port", "bytes_up", "bytes_down", "duration_ms", "outcome", "reason",
-    "policy_version", "detail", "prev_hash", "hash",
+    "type",
+    "seq",
+    "id",
+    "time",
+    "time_ms",
+    "kind",
+    "user",
+    "groups",
+    "connection",
+    "session_id",
+    "client_addr",
+    "port",
+    "bytes_up",
+    "bytes_down",
+    "duration_ms",
+    "outcome",
+    "reason",
+    "policy_version",
+    "detail",
+    "prev_hash",
+    "hash",
 ];
 
 fn export_err(e: impl std::fmt::Display) -> AuditError {
@@ -95,7 +113,11 @@ pub fn signature_path(file: &Path) -> PathBuf {
 }
 
 /// Writes the export, its closing checkpoint and `FILE.minisig`.
-pub fn export(db_path: &Path, key: &AuditKey, req: &ExportRequest) -> Result<ExportSummary, AuditError> {
+pub fn export(
+    db_path: &Path,
+    key: &AuditKey,
+    req: &ExportRequest,
+) -> Result<ExportSummary, AuditError> {
     let conn = store::open_reader(db_path)?;
     let apid = store::appliance_id(&conn)?;
     let first: Option<i64> = conn
@@ -228,8 +250,10 @@ fn time_text(ms: i64) -> String {
     u64::try_from(ms)
         .ok()
         .map(|m| {
-            humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(m))
-                .to_string()
+            humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(m),
+            )
+            .to_string()
         })
         .unwrap_or_default()
 }
@@ -309,7 +333,11 @@ fn parse_csv(text: &str) -> Result<Vec<CsvRow>, AuditError> {
                     chars.next();
                 }
                 let done = std::mem::take(&mut field);
-                row.push(if quoted || !done.is_empty() { Some(done) } else { None });
+                row.push(if quoted || !done.is_empty() {
+                    Some(done)
+                } else {
+                    None
+                });
                 quoted = false;
                 any = false;
                 if c != ',' {
@@ -323,7 +351,11 @@ fn parse_csv(text: &str) -> Result<Vec<CsvRow>, AuditError> {
         }
     }
     if any || !row.is_empty() {
-        row.push(if quoted || !field.is_empty() { Some(field) } else { None });
+        row.push(if quoted || !field.is_empty() {
+            Some(field)
+        } else {
+            None
+        });
         rows.push(row);
     }
     Ok(rows)
@@ -341,7 +373,14 @@ fn csv_int(row: &CsvRow, i: usize) -> Result<Option<i64>, AuditError> {
     row.get(i)
         .cloned()
         .flatten()
-        .map(|v| v.parse().map_err(|_| AuditError::Export(format!("CSV: column {} is not an integer: {v:?}", CSV_HEADER[i]))))
+        .map(|v| {
+            v.parse().map_err(|_| {
+                AuditError::Export(format!(
+                    "CSV: column {} is not an integer: {v:?}",
+                    CSV_HEADER[i]
+                ))
+            })
+        })
         .transpose()
 }
 
@@ -377,16 +416,24 @@ pub fn parse_export_text(text: &str) -> Result<ParsedExport, AuditError> {
         for (n, row) in parse_csv(text)?.into_iter().enumerate().skip(1) {
             let detail = || -> Result<Value, AuditError> {
                 let d = row.get(18).cloned().flatten().unwrap_or_default();
-                serde_json::from_str(&d).map_err(|e| AuditError::Export(format!("CSV row {}: detail: {e}", n + 1)))
+                serde_json::from_str(&d)
+                    .map_err(|e| AuditError::Export(format!("CSV row {}: detail: {e}", n + 1)))
             };
             match row.first().cloned().flatten().as_deref() {
                 Some("export") => p.header = detail()?,
                 Some("record") => p.records.push(csv_record(&row)?),
-                Some("checkpoint") => p.checkpoints.push(
-                    Checkpoint::from_detail(&detail()?)
-                        .ok_or_else(|| AuditError::Export(format!("CSV row {}: bad checkpoint", n + 1)))?,
-                ),
-                other => return Err(AuditError::Export(format!("CSV row {}: unknown type {other:?}", n + 1))),
+                Some("checkpoint") => {
+                    p.checkpoints
+                        .push(Checkpoint::from_detail(&detail()?).ok_or_else(|| {
+                            AuditError::Export(format!("CSV row {}: bad checkpoint", n + 1))
+                        })?)
+                }
+                other => {
+                    return Err(AuditError::Export(format!(
+                        "CSV row {}: unknown type {other:?}",
+                        n + 1
+                    )))
+                }
             }
         }
         return Ok(p);
@@ -429,11 +476,17 @@ pub fn verify_export(file: &Path, key: &AuditPublicKey) -> Result<ExportSummary,
     let mut prev: Option<&RawRow> = None;
     for r in &p.records {
         if !r.content_matches() {
-            return bad(format!("record seq {} (id {}) does not match its hash", r.seq, r.id));
+            return bad(format!(
+                "record seq {} (id {}) does not match its hash",
+                r.seq, r.id
+            ));
         }
         if let Some(pr) = prev {
             if r.seq != pr.seq + 1 || r.prev_hash != pr.hash {
-                return bad(format!("the chain breaks between seq {} and seq {} (id {})", pr.seq, r.seq, r.id));
+                return bad(format!(
+                    "the chain breaks between seq {} and seq {} (id {})",
+                    pr.seq, r.seq, r.id
+                ));
             }
         }
         hashes.insert(r.seq, &r.hash);
@@ -448,7 +501,11 @@ pub fn verify_export(file: &Path, key: &AuditPublicKey) -> Result<ExportSummary,
         p.records
             .iter()
             .filter(|r| r.kind == "audit_checkpoint")
-            .filter_map(|r| r.detail.as_deref().and_then(|d| serde_json::from_str(d).ok()))
+            .filter_map(|r| {
+                r.detail
+                    .as_deref()
+                    .and_then(|d| serde_json::from_str(d).ok())
+            })
             .filter_map(|v: Value| Checkpoint::from_detail(&v)),
     );
     for cp in &all {
@@ -456,12 +513,18 @@ pub fn verify_export(file: &Path, key: &AuditPublicKey) -> Result<ExportSummary,
             .map_err(|e| AuditError::Export(format!("checkpoint for seq {}: {e}", cp.seq)))?;
         if let Some(h) = hashes.get(&cp.seq) {
             if *h != cp.hash {
-                return bad(format!("checkpoint for seq {} does not match the record's hash", cp.seq));
+                return bad(format!(
+                    "checkpoint for seq {} does not match the record's hash",
+                    cp.seq
+                ));
             }
         }
     }
     if closing.seq != last.seq || closing.hash != last.hash {
-        return bad(format!("the closing checkpoint covers seq {}, not the last record seq {}", closing.seq, last.seq));
+        return bad(format!(
+            "the closing checkpoint covers seq {}, not the last record seq {}",
+            closing.seq, last.seq
+        ));
     }
     if p.header.get("first_seq").and_then(Value::as_i64) != Some(first.seq)
         || p.header.get("last_seq").and_then(Value::as_i64) != Some(last.seq)
@@ -473,7 +536,10 @@ pub fn verify_export(file: &Path, key: &AuditPublicKey) -> Result<ExportSummary,
         last_seq: last.seq,
         records: p.records.len() as u64,
         checkpoints: p.checkpoints.len() as u64
-            + p.records.iter().filter(|r| r.kind == "audit_checkpoint").count() as u64,
+            + p.records
+                .iter()
+                .filter(|r| r.kind == "audit_checkpoint")
+                .count() as u64,
         signature: sig_path,
         sha256: file_sha256(file)?,
     })

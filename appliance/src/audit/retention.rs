@@ -51,7 +51,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 512MiB"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512MiB"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -64,7 +66,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "tib" => 1 << 40,
         other => return Err(format!("{s:?}: unknown unit {other:?}")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Database + WAL size in bytes.
@@ -101,16 +104,26 @@ pub fn run_once(db: &Path, cfg: &RetentionConfig, now_ms: i64) -> Result<u64, Au
     let by_age: Option<i64> = match cfg.max_age {
         Some(age) => {
             let cutoff = now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
-            conn.query_row("SELECT max(seq) FROM audit WHERE time_ms < ?1", params![cutoff], |r| r.get(0))
-                .optional()?
-                .flatten()
+            conn.query_row(
+                "SELECT max(seq) FROM audit WHERE time_ms < ?1",
+                params![cutoff],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten()
         }
         None => None,
     };
     let mut deleted = 0u64;
     loop {
-        let over_size = cfg.max_bytes.is_some_and(|m| used_bytes(&conn).unwrap_or(0) > m);
-        let goal = if over_size { covered } else { by_age.unwrap_or(0).min(covered) };
+        let over_size = cfg
+            .max_bytes
+            .is_some_and(|m| used_bytes(&conn).unwrap_or(0) > m);
+        let goal = if over_size {
+            covered
+        } else {
+            by_age.unwrap_or(0).min(covered)
+        };
         let first: Option<i64> = conn
             .query_row("SELECT min(seq) FROM audit", [], |r| r.get(0))
             .optional()?
@@ -131,7 +144,11 @@ pub fn run_once(db: &Path, cfg: &RetentionConfig, now_ms: i64) -> Result<u64, Au
         let Some(cp_seq) = cp else { break };
         let through = cp_seq - 1;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let hash: String = tx.query_row("SELECT hash FROM audit WHERE seq = ?1", params![through], |r| r.get(0))?;
+        let hash: String = tx.query_row(
+            "SELECT hash FROM audit WHERE seq = ?1",
+            params![through],
+            |r| r.get(0),
+        )?;
         let n = tx.execute("DELETE FROM audit WHERE seq <= ?1", params![through])?;
         tx.execute(
             "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?1, ?2)
@@ -170,7 +187,8 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
         }
         let (db2, cfg2) = (db.clone(), cfg.clone());
-        let result = tokio::task::spawn_blocking(move || run_once(&db2, &cfg2, super::now_ms())).await;
+        let result =
+            tokio::task::spawn_blocking(move || run_once(&db2, &cfg2, super::now_ms())).await;
         match result {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => {
@@ -188,12 +206,23 @@ pub async fn run(
         status.bytes.store(bytes, Ordering::Relaxed);
         if let Some(limit) = cfg.disk_threshold {
             let over = bytes > limit;
-            let was = status.over_threshold.swap(u64::from(over), Ordering::Relaxed) == 1;
+            let was = status
+                .over_threshold
+                .swap(u64::from(over), Ordering::Relaxed)
+                == 1;
             if over != was {
                 if over {
-                    tracing::warn!(bytes, threshold = limit, "audit database crossed its disk threshold");
+                    tracing::warn!(
+                        bytes,
+                        threshold = limit,
+                        "audit database crossed its disk threshold"
+                    );
                 } else {
-                    tracing::info!(bytes, threshold = limit, "audit database back under its disk threshold");
+                    tracing::info!(
+                        bytes,
+                        threshold = limit,
+                        "audit database back under its disk threshold"
+                    );
                 }
                 let rec = AuditRecord::new(AuditKind::AuditDiskThreshold)
                     .outcome(if over { "exceeded" } else { "recovered" })

@@ -94,10 +94,9 @@ impl RawAuditSettings {
     pub fn validate(self, base: &Path) -> Result<AuditSettings, String> {
         let admin_listen = match self.admin_listen.as_deref() {
             None | Some("off") | Some("") => None,
-            Some(a) => Some(
-                a.parse::<SocketAddr>()
-                    .map_err(|e| format!("admin_listen = {a:?}: {e} (use \"127.0.0.1:9090\" or \"off\")"))?,
-            ),
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|e| {
+                format!("admin_listen = {a:?}: {e} (use \"127.0.0.1:9090\" or \"off\")")
+            })?),
         };
         let default_mode = match self.audit_mode.as_deref() {
             None | Some("fast") => AuditMode::Fast,
@@ -107,7 +106,11 @@ impl RawAuditSettings {
         let default_queue_full = match self.audit_queue_full.as_deref() {
             None | Some("backpressure") => QueueFullPolicy::Backpressure,
             Some("refuse") => QueueFullPolicy::Refuse,
-            Some(o) => return Err(format!("audit_queue_full = {o:?}: \"backpressure\" or \"refuse\"")),
+            Some(o) => {
+                return Err(format!(
+                    "audit_queue_full = {o:?}: \"backpressure\" or \"refuse\""
+                ))
+            }
         };
         let mut sinks: Vec<SinkConfig> = Vec::new();
         for raw in self.audit_sink {
@@ -120,11 +123,18 @@ impl RawAuditSettings {
         let retention = RetentionConfig {
             max_age: self
                 .audit_retention_max_age
-                .map(|s| humantime::parse_duration(&s).map_err(|e| format!("audit_retention_max_age = {s:?}: {e}")))
+                .map(|s| {
+                    humantime::parse_duration(&s)
+                        .map_err(|e| format!("audit_retention_max_age = {s:?}: {e}"))
+                })
                 .transpose()?,
             max_bytes: size("audit_retention_max_bytes", self.audit_retention_max_bytes)?,
             disk_threshold: size("audit_disk_threshold", self.audit_disk_threshold)?,
-            interval: dur("audit_retention_interval", self.audit_retention_interval, Duration::from_secs(600))?,
+            interval: dur(
+                "audit_retention_interval",
+                self.audit_retention_interval,
+                Duration::from_secs(600),
+            )?,
             sinks: sinks.iter().map(|s| s.name.clone()).collect(),
         };
         Ok(AuditSettings {
@@ -138,7 +148,9 @@ impl RawAuditSettings {
             )?,
             retention,
             sinks,
-            runbook_dir: self.runbook_dir.map(|p| if p.is_absolute() { p } else { base.join(p) }),
+            runbook_dir: self
+                .runbook_dir
+                .map(|p| if p.is_absolute() { p } else { base.join(p) }),
             event_concurrency: self.event_concurrency.unwrap_or(4).clamp(1, 64),
         })
     }

@@ -95,7 +95,12 @@ pub struct SinkConfig {
     pub fail_after: Duration,
 }
 
-fn duration(name: &str, key: &str, v: &Option<String>, default: Duration) -> Result<Duration, String> {
+fn duration(
+    name: &str,
+    key: &str,
+    v: &Option<String>,
+    default: Duration,
+) -> Result<Duration, String> {
     match v {
         None => Ok(default),
         Some(s) => humantime::parse_duration(s)
@@ -116,37 +121,49 @@ impl RawSink {
     /// Checks the sink; `base` resolves a relative `ca_file`.
     pub fn validate(self, base: &std::path::Path) -> Result<SinkConfig, String> {
         let name = self.name.clone();
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(format!("audit_sink name {name:?} must match [A-Za-z0-9_-]+"));
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "audit_sink name {name:?} must match [A-Za-z0-9_-]+"
+            ));
         }
         if name == "export" || name == "events" {
             return Err(format!("audit_sink name {name:?} is reserved"));
         }
         let kind = match self.kind.as_str() {
             "syslog" => {
-                let address = self
-                    .address
-                    .clone()
-                    .ok_or_else(|| format!("audit_sink {name:?}: syslog needs address = \"host:port\""))?;
-                if address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-                    return Err(format!("audit_sink {name:?}: address {address:?} is not host:port"));
+                let address = self.address.clone().ok_or_else(|| {
+                    format!("audit_sink {name:?}: syslog needs address = \"host:port\"")
+                })?;
+                if address
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    return Err(format!(
+                        "audit_sink {name:?}: address {address:?} is not host:port"
+                    ));
                 }
                 SinkKind::Syslog {
                     address,
                     tls: self.tls.unwrap_or(true),
                     facility: match self.facility.unwrap_or(13) {
                         f @ 0..=23 => f,
-                        f => return Err(format!("audit_sink {name:?}: facility {f} is not 0..=23")),
+                        f => {
+                            return Err(format!("audit_sink {name:?}: facility {f} is not 0..=23"))
+                        }
                     },
                     hostname: self.hostname.clone().unwrap_or_else(local_hostname),
                     settle: duration(&name, "settle", &self.settle, Duration::from_secs(2))?,
                 }
             }
             "http" => {
-                let url = self
-                    .url
-                    .clone()
-                    .ok_or_else(|| format!("audit_sink {name:?}: http needs url = \"https://...\""))?;
+                let url = self.url.clone().ok_or_else(|| {
+                    format!("audit_sink {name:?}: http needs url = \"https://...\"")
+                })?;
                 http::Target::parse(&url, None, None)
                     .map_err(|e| format!("audit_sink {name:?}: {e}"))?;
                 SinkKind::Http {
@@ -154,16 +171,32 @@ impl RawSink {
                     token_secret: self.token_secret.clone(),
                 }
             }
-            other => return Err(format!("audit_sink {name:?}: type {other:?} is not syslog or http")),
+            other => {
+                return Err(format!(
+                    "audit_sink {name:?}: type {other:?} is not syslog or http"
+                ))
+            }
         };
         Ok(SinkConfig {
             kind,
-            ca_file: self.ca_file.map(|p| if p.is_absolute() { p } else { base.join(p) }),
+            ca_file: self
+                .ca_file
+                .map(|p| if p.is_absolute() { p } else { base.join(p) }),
             server_name: self.server_name,
             batch_size: self.batch_size.unwrap_or(500).clamp(1, 10_000),
             timeout: duration(&name, "timeout", &self.timeout, Duration::from_secs(10))?,
-            backoff_max: duration(&name, "backoff_max", &self.backoff_max, Duration::from_secs(60))?,
-            fail_after: duration(&name, "fail_after", &self.fail_after, Duration::from_secs(30))?,
+            backoff_max: duration(
+                &name,
+                "backoff_max",
+                &self.backoff_max,
+                Duration::from_secs(60),
+            )?,
+            fail_after: duration(
+                &name,
+                "fail_after",
+                &self.fail_after,
+                Duration::from_secs(30),
+            )?,
             name,
         })
     }
@@ -224,7 +257,9 @@ pub enum ShipError {
 }
 
 /// A rustls client config trusting `ca_file` (PEM) or the public web PKI.
-pub fn client_tls(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, ShipError> {
+pub fn client_tls(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, ShipError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {

@@ -292,7 +292,6 @@ pub(crate) fn insert_batch(
     Ok(Committed {
         first_seq,
         last_seq: seq,
-
     })
 }
 

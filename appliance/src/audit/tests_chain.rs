@@ -59,7 +59,10 @@ async fn write(db: &Path, n: u64, key: Option<Arc<AuditKey>>) {
 }
 
 fn sql(db: &Path, s: &str) {
-    rusqlite::Connection::open(db).unwrap().execute_batch(s).unwrap();
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute_batch(s)
+        .unwrap();
 }
 
 fn check(db: &Path) -> VerifyReport {
@@ -69,7 +72,11 @@ fn check(db: &Path) -> VerifyReport {
 #[test]
 fn canonical_hash_is_pinned() {
     // Changing the encoding breaks every deployed chain: this vector must not move.
-    let mut row = RawRow::encode(7, record_id("00000000000000ff", 7), &rec(1).at(1_795_000_000_000));
+    let mut row = RawRow::encode(
+        7,
+        record_id("00000000000000ff", 7),
+        &rec(1).at(1_795_000_000_000),
+    );
     let h = row.seal(&GENESIS);
     assert_eq!(row.id, "00000000000000ff-7");
     assert_eq!(row.prev_hash, "0".repeat(64));
@@ -133,7 +140,11 @@ async fn modified_deleted_inserted_reordered_and_rehashed_rows_are_located() {
         row.user = Some("mallory".into());
         let prev = chain::parse_hash(&row.prev_hash).unwrap();
         row.seal(&prev);
-        conn.execute("UPDATE audit SET user = ?1, hash = ?2 WHERE seq = 12", rusqlite::params![row.user, row.hash]).unwrap();
+        conn.execute(
+            "UPDATE audit SET user = ?1, hash = ?2 WHERE seq = 12",
+            rusqlite::params![row.user, row.hash],
+        )
+        .unwrap();
     }
     let p = &check(&d.db()).problems[0];
     assert_eq!((p.kind, p.seq), (ProblemKind::Modified, 12), "{p}");
@@ -153,7 +164,9 @@ async fn modified_deleted_inserted_reordered_and_rehashed_rows_are_located() {
     {
         let conn = rusqlite::Connection::open(d.db()).unwrap();
         conn.execute_batch("UPDATE audit SET seq = seq + 1000 WHERE seq >= 15; UPDATE audit SET seq = seq - 999 WHERE seq >= 1000;").unwrap();
-        let prev: String = conn.query_row("SELECT hash FROM audit WHERE seq = 14", [], |r| r.get(0)).unwrap();
+        let prev: String = conn
+            .query_row("SELECT hash FROM audit WHERE seq = 14", [], |r| r.get(0))
+            .unwrap();
         let mut row = RawRow::encode(15, "forged-15".into(), &rec(99));
         row.seal(&chain::parse_hash(&prev).unwrap());
         conn.execute(
@@ -163,7 +176,11 @@ async fn modified_deleted_inserted_reordered_and_rehashed_rows_are_located() {
         .unwrap();
     }
     let p = &check(&d.db()).problems[0];
-    assert_eq!(p.kind, ProblemKind::Modified, "forged row content differs: {p}");
+    assert_eq!(
+        p.kind,
+        ProblemKind::Modified,
+        "forged row content differs: {p}"
+    );
     assert_eq!(p.seq, 15, "{p}");
 
     // The tail truncated: caught against a checkpoint kept elsewhere.
@@ -179,8 +196,17 @@ async fn modified_deleted_inserted_reordered_and_rehashed_rows_are_located() {
         external: vec![(cp, "kept.ndjson".into())],
     };
     let r = verify(&d.db(), &opts).unwrap();
-    assert_eq!(r.problems[0].kind, ProblemKind::Truncated, "{:?}", r.problems);
-    assert!(r.problems[0].message.contains("records seq 17..=20"), "{}", r.problems[0]);
+    assert_eq!(
+        r.problems[0].kind,
+        ProblemKind::Truncated,
+        "{:?}",
+        r.problems
+    );
+    assert!(
+        r.problems[0].message.contains("records seq 17..=20"),
+        "{}",
+        r.problems[0]
+    );
 }
 
 #[tokio::test]
@@ -225,7 +251,10 @@ async fn durable_records_share_fsyncs_and_come_back_with_their_seq() {
     let stats = h.stats();
     assert_eq!(stats.durable_records.load(Ordering::Relaxed), 321);
     let fsyncs = stats.durable_batches.load(Ordering::Relaxed);
-    assert!(fsyncs < 321, "group commit: {fsyncs} fsyncs for 321 records");
+    assert!(
+        fsyncs < 321,
+        "group commit: {fsyncs} fsyncs for 321 records"
+    );
     // Strict through record_gated too.
     h.set_mode(AuditMode::Strict, QueueFullPolicy::Backpressure);
     h.record_gated(rec(9)).await.unwrap();
@@ -261,7 +290,10 @@ async fn refuse_mode_refuses_when_the_queue_is_full() {
     drop(h);
     w.join().await.unwrap();
     // Every accepted record was kept.
-    assert_eq!(query(&d.db(), &AuditFilter::default()).unwrap().len() as u64, 10 - refused);
+    assert_eq!(
+        query(&d.db(), &AuditFilter::default()).unwrap().len() as u64,
+        10 - refused
+    );
 }
 
 #[tokio::test]
@@ -269,7 +301,10 @@ async fn exports_verify_in_both_formats_and_reject_a_changed_byte() {
     let d = Dir::new("export");
     write(&d.db(), 30, Some(d.key())).await;
     let key = d.key();
-    for (fmt, name) in [(ExportFormat::Ndjson, "e.ndjson"), (ExportFormat::Csv, "e.csv")] {
+    for (fmt, name) in [
+        (ExportFormat::Ndjson, "e.ndjson"),
+        (ExportFormat::Csv, "e.csv"),
+    ] {
         let out = d.0.join(name);
         let s = export(
             &d.db(),
@@ -337,6 +372,41 @@ async fn retention_deletes_only_acknowledged_records_and_keeps_the_chain_anchore
     assert_eq!(r.first_seq, Some(22));
 }
 
+#[tokio::test]
+async fn crossing_the_disk_threshold_is_recorded() {
+    let d = Dir::new("disk");
+    let (h, w) = spawn_writer(AuditConfig::new(d.db())).unwrap();
+    let status = Arc::new(retention::DiskStatus::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let cfg = retention::RetentionConfig {
+        disk_threshold: Some(1),
+        interval: std::time::Duration::from_millis(20),
+        ..Default::default()
+    };
+    let task = tokio::spawn(retention::run(cfg, h.clone(), status.clone(), stop.clone()));
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        h.flush().await.unwrap();
+        let filter = AuditFilter {
+            kind: Some(AuditKind::AuditDiskThreshold),
+            ..Default::default()
+        };
+        found = query(&d.db(), &filter).unwrap();
+        if !found.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(found.len(), 1, "recorded once while over");
+    assert_eq!(found[0].record.outcome.as_deref(), Some("exceeded"));
+    assert_eq!(status.over_threshold.load(Ordering::Relaxed), 1);
+    assert!(status.bytes.load(Ordering::Relaxed) > 1);
+    drop(h);
+    w.join().await.unwrap();
+}
+
 #[test]
 fn syslog_messages_are_rfc5424_with_octet_counting() {
     let mut row = RawRow::encode(3, "00000000000000ff-3".into(), &rec(1).outcome("denied"));
@@ -347,7 +417,8 @@ fn syslog_messages_are_rfc5424_with_octet_counting() {
         row.hash
     );
     assert!(msg.starts_with(&expected_head), "{msg}");
-    let json: serde_json::Value = serde_json::from_str(&msg[msg.find("] ").unwrap() + 2..]).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&msg[msg.find("] ").unwrap() + 2..]).unwrap();
     assert_eq!(json["id"], "00000000000000ff-3");
     let mut framed = Vec::new();
     ship::syslog::frame("abc", &mut framed);

@@ -115,11 +115,9 @@ impl Walk<'_> {
     fn hash_at(&self, seq: i64) -> Result<Option<String>, AuditError> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT hash FROM audit WHERE seq = ?1",
-                params![seq],
-                |r| r.get::<_, Option<String>>(0),
-            )
+            .query_row("SELECT hash FROM audit WHERE seq = ?1", params![seq], |r| {
+                r.get::<_, Option<String>>(0)
+            })
             .optional()?
             .flatten())
     }
@@ -181,7 +179,12 @@ impl Walk<'_> {
         Ok(())
     }
 
-    fn check_checkpoint(&mut self, cp: &Checkpoint, row: Option<&RawRow>, whence: &str) -> Result<(), AuditError> {
+    fn check_checkpoint(
+        &mut self,
+        cp: &Checkpoint,
+        row: Option<&RawRow>,
+        whence: &str,
+    ) -> Result<(), AuditError> {
         if let Some(key) = &self.opts.pubkey {
             if let Err(e) = cp.verify(key) {
                 let seq = row.map_or(cp.seq, |r| r.seq);
@@ -189,7 +192,10 @@ impl Walk<'_> {
                     ProblemKind::BadCheckpoint,
                     row,
                     seq,
-                    format!("checkpoint for seq {} ({whence}) has a bad signature: {e}", cp.seq),
+                    format!(
+                        "checkpoint for seq {} ({whence}) has a bad signature: {e}",
+                        cp.seq
+                    ),
                 );
                 return Ok(());
             }
@@ -230,7 +236,10 @@ impl Walk<'_> {
                         ProblemKind::Deleted,
                         row,
                         cp.seq,
-                        format!("record seq {} was deleted: a checkpoint ({whence}) covers it", cp.seq),
+                        format!(
+                            "record seq {} was deleted: a checkpoint ({whence}) covers it",
+                            cp.seq
+                        ),
                     );
                 } else {
                     self.report.notes.push(format!(
@@ -288,7 +297,12 @@ pub fn verify(db_path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Audi
             w.report.last_seq = Some(row.seq);
             let (s, id) = (row.seq, row.id.clone());
             if row.hash.is_empty() {
-                w.problem(ProblemKind::Modified, Some(row), s, format!("record seq {s} has no hash (written outside the appliance)"));
+                w.problem(
+                    ProblemKind::Modified,
+                    Some(row),
+                    s,
+                    format!("record seq {s} has no hash (written outside the appliance)"),
+                );
             } else if !row.content_matches() && moved_from(row).is_some() {
                 let m = moved_from(row).unwrap_or_default();
                 w.problem(
@@ -306,12 +320,19 @@ pub fn verify(db_path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Audi
                 );
             } else if s != prev.seq + 1 && row.prev_hash != prev.hash {
                 let (a, b) = (prev.seq + 1, s - 1);
-                let what = if a == b { format!("record seq {a} was") } else { format!("records seq {a}..={b} were") };
+                let what = if a == b {
+                    format!("record seq {a} was")
+                } else {
+                    format!("records seq {a}..={b} were")
+                };
                 w.problem(
                     ProblemKind::Deleted,
                     Some(row),
                     a,
-                    format!("{what} deleted: the trail jumps from seq {} to seq {s} (id {id})", prev.seq),
+                    format!(
+                        "{what} deleted: the trail jumps from seq {} to seq {s} (id {id})",
+                        prev.seq
+                    ),
                 );
             } else if row.prev_hash != prev.hash {
                 let next = match rows.get(i + 1) {
@@ -335,9 +356,13 @@ pub fn verify(db_path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Audi
                     .and_then(|v| Checkpoint::from_detail(&v));
                 match cp {
                     Some(cp) => {
-                        if anchor.as_ref().is_some_and(|a| a.0 == cp.seq && a.1 == cp.hash) {
+                        if anchor
+                            .as_ref()
+                            .is_some_and(|a| a.0 == cp.seq && a.1 == cp.hash)
+                        {
                             // The checkpoint vouches for the retention anchor.
-                            anchor_covered = opts.pubkey.as_ref().is_none_or(|k| cp.verify(k).is_ok());
+                            anchor_covered =
+                                opts.pubkey.as_ref().is_none_or(|k| cp.verify(k).is_ok());
                             w.report.checkpoints_verified += u64::from(anchor_covered);
                         } else if cp.seq < s {
                             w.check_checkpoint(&cp, Some(row), &format!("record seq {s}"))?;

@@ -266,8 +266,8 @@ impl AuditHandle {
 
     /// Sets the mode (from the policy in force).
     pub fn set_mode(&self, mode: AuditMode, full: QueueFullPolicy) {
-        let bits = u8::from(mode == AuditMode::Strict)
-            | (u8::from(full == QueueFullPolicy::Refuse) << 1);
+        let bits =
+            u8::from(mode == AuditMode::Strict) | (u8::from(full == QueueFullPolicy::Refuse) << 1);
         self.shared.mode.store(bits, Ordering::Relaxed);
     }
 
@@ -531,13 +531,8 @@ impl Writer {
         if seq == 0 || seq <= self.checkpointed {
             return;
         }
-        let cp = match Checkpoint::sign(
-            &key,
-            &self.apid,
-            seq,
-            &super::chain::hex(&hash),
-            now_ms(),
-        ) {
+        let cp = match Checkpoint::sign(&key, &self.apid, seq, &super::chain::hex(&hash), now_ms())
+        {
             Ok(cp) => cp,
             Err(e) => {
                 tracing::error!(error = %e, "cannot sign an audit checkpoint");

@@ -71,12 +71,39 @@ fn truncate(b: &[u8]) -> String {
 }
 
 /// Runs `action` for `payload` (the event JSON) about `rec`.
-pub async fn run(env: &ActionEnv, action: &Action, route: &str, index: usize, rec: &StoredRecord, payload: &Value) -> Outcome {
+pub async fn run(
+    env: &ActionEnv,
+    action: &Action,
+    route: &str,
+    index: usize,
+    rec: &StoredRecord,
+    payload: &Value,
+) -> Outcome {
     match action {
-        Action::Webhook { url, secret, timeout, retries } => {
-            webhook(env, url, secret.as_deref(), *timeout, *retries, route, index, rec, payload).await
+        Action::Webhook {
+            url,
+            secret,
+            timeout,
+            retries,
+        } => {
+            webhook(
+                env,
+                url,
+                secret.as_deref(),
+                *timeout,
+                *retries,
+                route,
+                index,
+                rec,
+                payload,
+            )
+            .await
         }
-        Action::Command { runbook, args, timeout } => command(env, runbook, args, *timeout, payload).await,
+        Action::Command {
+            runbook,
+            args,
+            timeout,
+        } => command(env, runbook, args, *timeout, payload).await,
         Action::CloseSession => close_session(env, rec),
         Action::RevokeIdentity => revoke(env, route, rec).await,
     }
@@ -118,7 +145,10 @@ async fn webhook(
         let ts = u64::try_from(crate::audit::now_ms() / 1000).unwrap_or(0);
         let mut headers = vec![
             ("content-type", "application/json".to_owned()),
-            ("x-hoop-event", payload["event"].as_str().unwrap_or("").to_owned()),
+            (
+                "x-hoop-event",
+                payload["event"].as_str().unwrap_or("").to_owned(),
+            ),
             ("x-hoop-delivery", delivery.clone()),
             ("x-hoop-timestamp", ts.to_string()),
         ];
@@ -166,7 +196,13 @@ fn runbook_path(dir: Option<&Path>, runbook: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-async fn command(env: &ActionEnv, runbook: &str, args: &[String], timeout: Duration, payload: &Value) -> Outcome {
+async fn command(
+    env: &ActionEnv,
+    runbook: &str,
+    args: &[String],
+    timeout: Duration,
+    payload: &Value,
+) -> Outcome {
     let fail = |reason: String| Outcome {
         ok: false,
         reason,
@@ -279,7 +315,11 @@ async fn revoke(env: &ActionEnv, route: &str, rec: &StoredRecord) -> Outcome {
             let n = env.sessions.close_user(&user, "identity revoked");
             Outcome {
                 ok: true,
-                reason: if changed { format!("{user} revoked") } else { format!("{user} was already revoked") },
+                reason: if changed {
+                    format!("{user} revoked")
+                } else {
+                    format!("{user} was already revoked")
+                },
                 detail: json!({ "user": user, "closed": n, "by": by }),
             }
         }

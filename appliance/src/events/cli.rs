@@ -38,10 +38,14 @@ pub enum EventsCliError {
 }
 
 fn read(path: &std::path::Path) -> Result<String, EventsCliError> {
-    std::fs::read_to_string(path).map_err(|e| EventsCliError::Failed(format!("{}: {e}", path.display())))
+    std::fs::read_to_string(path)
+        .map_err(|e| EventsCliError::Failed(format!("{}: {e}", path.display())))
 }
 
-fn load_policy(policy_file: Option<PathBuf>, config: Option<PathBuf>) -> Result<Policy, EventsCliError> {
+fn load_policy(
+    policy_file: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> Result<Policy, EventsCliError> {
     if let Some(f) = policy_file {
         return Ok(policy::parse_policy(&read(&f)?)?);
     }
@@ -53,17 +57,22 @@ fn load_policy(policy_file: Option<PathBuf>, config: Option<PathBuf>) -> Result<
         .iter()
         .map(|k| policy::TrustedKey::from_str_or_file(k))
         .collect::<Result<Vec<_>, _>>()?;
-    let bytes = std::fs::read(&file).map_err(|e| EventsCliError::Failed(format!("{}: {e}", file.display())))?;
-    Ok(policy::verify_bundle(&bytes, &sig, &trusted)?.policy().clone())
+    let bytes = std::fs::read(&file)
+        .map_err(|e| EventsCliError::Failed(format!("{}: {e}", file.display())))?;
+    Ok(policy::verify_bundle(&bytes, &sig, &trusted)?
+        .policy()
+        .clone())
 }
 
 /// Parses a sample event: a stored record (with `seq`, `id`) or a bare record.
 pub fn parse_event(text: &str) -> Result<StoredRecord, String> {
-    let v: serde_json::Value = serde_json::from_str(text.trim()).map_err(|e| format!("not JSON: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(text.trim()).map_err(|e| format!("not JSON: {e}"))?;
     if v.get("seq").is_some() {
         return serde_json::from_value(v).map_err(|e| format!("not an audit record: {e}"));
     }
-    let record: AuditRecord = serde_json::from_value(v).map_err(|e| format!("not an audit record: {e}"))?;
+    let record: AuditRecord =
+        serde_json::from_value(v).map_err(|e| format!("not an audit record: {e}"))?;
     Ok(StoredRecord {
         seq: 0,
         id: "sample-0".into(),
@@ -76,7 +85,11 @@ pub fn parse_event(text: &str) -> Result<StoredRecord, String> {
 /// Runs the command; prints the plan as JSON.
 pub fn run(cmd: EventsCommand) -> Result<(), EventsCliError> {
     match cmd {
-        EventsCommand::Test { event, policy, config } => {
+        EventsCommand::Test {
+            event,
+            policy,
+            config,
+        } => {
             let p = load_policy(policy, config)?;
             let rec = parse_event(&read(&event)?)
                 .map_err(|e| EventsCliError::Failed(format!("{}: {e}", event.display())))?;

@@ -13,7 +13,8 @@
 //! - `sink_failing`: `audit_sink_failing` with outcome `failing`;
 //! - `disk_threshold`: `audit_disk_threshold` with outcome `exceeded`.
 //!
-//! Filters read `detail.class` (a string) or `detail.classes` (a list) for
+//! Filters read `detail.class` (a string) or `detail.classes` (a list), or
+//! the same under `detail.control` (the PostgreSQL gateway's decision), for
 //! `statement_classes`, and the first of `detail.statement`,
 //! `detail.command`, `detail.path`, `reason` for `text`.
 
@@ -76,9 +77,13 @@ fn classes(rec: &StoredRecord) -> Vec<&str> {
     let Some(d) = rec.record.detail.as_ref() else {
         return Vec::new();
     };
-    let mut out: Vec<&str> = d.get("class").and_then(Value::as_str).into_iter().collect();
-    if let Some(list) = d.get("classes").and_then(Value::as_array) {
-        out.extend(list.iter().filter_map(Value::as_str));
+    let mut out: Vec<&str> = Vec::new();
+    // The PostgreSQL gateway puts its decision under `control`.
+    for v in [Some(d), d.get("control")].into_iter().flatten() {
+        out.extend(v.get("class").and_then(Value::as_str));
+        if let Some(list) = v.get("classes").and_then(Value::as_array) {
+            out.extend(list.iter().filter_map(Value::as_str));
+        }
     }
     out
 }
@@ -110,7 +115,11 @@ pub fn route_matches(route: &Route, rec: &StoredRecord, kinds: &[String]) -> boo
     }
     if !route.statement_classes.is_empty() {
         let have = classes(rec);
-        if !route.statement_classes.iter().any(|c| have.contains(&c.as_str())) {
+        if !route
+            .statement_classes
+            .iter()
+            .any(|c| have.contains(&c.as_str()))
+        {
             return false;
         }
     }

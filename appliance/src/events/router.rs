@@ -44,7 +44,9 @@ pub fn dry_run(routes: &[Route], rec: &StoredRecord) -> (Vec<String>, Vec<DryRun
                 .map(|a| match a {
                     Action::Webhook { url, .. } => format!("webhook POST {url}"),
                     Action::Command { runbook, args, .. } => {
-                        format!("command {runbook} {}", args.join(" ")).trim_end().to_owned()
+                        format!("command {runbook} {}", args.join(" "))
+                            .trim_end()
+                            .to_owned()
                     }
                     other => actions::action_name(other).to_owned(),
                 })
@@ -64,7 +66,13 @@ async fn blocking<T: Send + 'static>(
         .map_err(|_| audit::AuditError::WriterGone)?
 }
 
-fn outcome_record(route: &str, event: &str, action: &Action, rec: &StoredRecord, o: &actions::Outcome) -> AuditRecord {
+fn outcome_record(
+    route: &str,
+    event: &str,
+    action: &Action,
+    rec: &StoredRecord,
+    o: &actions::Outcome,
+) -> AuditRecord {
     let mut detail = serde_json::json!({
         "route": route,
         "event": event,
@@ -128,6 +136,27 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tip = audit.subscribe_tip();
     loop {
+        let no_routes = policy
+            .borrow()
+            .as_ref()
+            .is_none_or(|p| p.policy().routes.is_empty());
+        if no_routes {
+            // Nothing to route: skip what was written meanwhile without reading it.
+            let t = *tip.borrow_and_update();
+            if t > cursor {
+                cursor = t;
+                let db2 = db.clone();
+                if let Err(e) = blocking(move || audit::set_cursor(&db2, CURSOR, t)).await {
+                    tracing::error!(error = %e, "event router cannot store its cursor");
+                }
+            }
+            tokio::select! {
+                _ = tip.changed() => {}
+                _ = tokio::time::sleep(IDLE) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
+        }
         let rows = {
             let db = db.clone();
             blocking(move || audit::rows_after(&db, cursor, BATCH)).await
@@ -164,7 +193,9 @@ pub async fn run(
             if matched.is_empty() {
                 continue;
             }
-            metrics.events_matched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .events_matched
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for (route, event) in matched {
                 let payload = matcher::payload(route, &event, &rec);
                 for (i, action) in route.actions.iter().enumerate() {
@@ -178,8 +209,13 @@ pub async fn run(
                         _ = shutdown.cancelled() => return,
                     };
                     let (env, audit, metrics) = (env.clone(), audit.clone(), metrics.clone());
-                    let (route_name, event, action, rec, payload) =
-                        (route.name.clone(), event.clone(), action.clone(), rec.clone(), payload.clone());
+                    let (route_name, event, action, rec, payload) = (
+                        route.name.clone(),
+                        event.clone(),
+                        action.clone(),
+                        rec.clone(),
+                        payload.clone(),
+                    );
                     tokio::spawn(async move {
                         let o = actions::run(&env, &action, &route_name, i, &rec, &payload).await;
                         drop(permit);
@@ -187,7 +223,9 @@ pub async fn run(
                         if !o.ok {
                             tracing::warn!(route = %route_name, action = actions::action_name(&action), reason = %o.reason, "event action failed");
                         }
-                        let _ = audit.record(outcome_record(&route_name, &event, &action, &rec, &o)).await;
+                        let _ = audit
+                            .record(outcome_record(&route_name, &event, &action, &rec, &o))
+                            .await;
                     });
                 }
             }

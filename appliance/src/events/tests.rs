@@ -57,12 +57,18 @@ fn audit_table_and_routes_parse_and_validate() {
     assert_eq!(p.audit.mode, Some(AuditMode::Strict));
     assert_eq!(p.audit.queue_full, Some(QueueFullPolicy::Refuse));
     assert_eq!(p.routes.len(), 2);
-    assert!(matches!(p.routes[0].actions[0], Action::Webhook { retries: 1, .. }));
-    assert_eq!(p.routes[1].actions[0], Action::Command {
-        runbook: "notify.sh".into(),
-        args: vec!["--quiet".into()],
-        timeout: std::time::Duration::from_secs(30),
-    });
+    assert!(matches!(
+        p.routes[0].actions[0],
+        Action::Webhook { retries: 1, .. }
+    ));
+    assert_eq!(
+        p.routes[1].actions[0],
+        Action::Command {
+            runbook: "notify.sh".into(),
+            args: vec!["--quiet".into()],
+            timeout: std::time::Duration::from_secs(30),
+        }
+    );
     for (bad, needle) in [
         ("[audit]\nmode = \"eventually\"\n", "mode"),
         ("[[route]]\nname = \"x\"\non = [\"nope\"]\nactions = [{ type = \"close_session\" }]\n", "unknown event kind"),
@@ -85,7 +91,10 @@ fn events_derive_kinds_and_routes_filter_on_every_condition() {
     assert_eq!(event_kinds(&rec), vec!["statement", "statement_denied"]);
     let m = matching(&p.routes, &rec);
     assert_eq!(m.len(), 1);
-    assert_eq!((m[0].0.name.as_str(), m[0].1.as_str()), ("ddl", "statement_denied"));
+    assert_eq!(
+        (m[0].0.name.as_str(), m[0].1.as_str()),
+        ("ddl", "statement_denied")
+    );
     // Each filter excludes on its own.
     let mut other = rec.clone();
     other.record.connection = Some("pg-dev".into());
@@ -99,6 +108,12 @@ fn events_derive_kinds_and_routes_filter_on_every_condition() {
     let mut other = rec.clone();
     other.record.detail = Some(serde_json::json!({"statement": "TRUNCATE users", "class": "ddl"}));
     assert!(matching(&p.routes, &other).is_empty());
+    // The PostgreSQL gateway's decision sits under `control`.
+    let mut other = rec.clone();
+    other.record.detail = Some(
+        serde_json::json!({"statement": "drop table users", "control": {"decision": "deny", "class": "ddl"}}),
+    );
+    assert_eq!(matching(&p.routes, &other).len(), 1);
     // Action outcomes never route (no loops).
     let action = StoredRecord::new(1, AuditRecord::new(AuditKind::EventAction));
     assert!(event_kinds(&action).is_empty());
@@ -107,7 +122,8 @@ fn events_derive_kinds_and_routes_filter_on_every_condition() {
     assert!(event_kinds(&held).contains(&"held".to_string()));
     let masked = StoredRecord::new(
         1,
-        AuditRecord::new(AuditKind::Statement).detail(serde_json::json!({"masked_columns": ["ssn"]})),
+        AuditRecord::new(AuditKind::Statement)
+            .detail(serde_json::json!({"masked_columns": ["ssn"]})),
     );
     assert!(event_kinds(&masked).contains(&"masked_column_read".to_string()));
 }
@@ -118,7 +134,10 @@ fn dry_run_plans_without_running() {
     let (kinds, plans) = super::dry_run(&p.routes, &denied_drop());
     assert_eq!(kinds, vec!["statement", "statement_denied"]);
     assert_eq!(plans.len(), 1);
-    assert_eq!(plans[0].actions, vec!["webhook POST https://hooks.example.com/x", "close_session"]);
+    assert_eq!(
+        plans[0].actions,
+        vec!["webhook POST https://hooks.example.com/x", "close_session"]
+    );
     assert_eq!(plans[0].payload["record"]["user"], "carol@example.com");
     assert_eq!(plans[0].payload["event"], "statement_denied");
 }
@@ -148,7 +167,11 @@ async fn runbooks_get_the_event_on_stdin_and_their_output_is_captured() {
     let dir = std::env::temp_dir().join(format!("appliance-runbook-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let script = dir.join("echo.sh");
-    std::fs::write(&script, "#!/bin/sh\necho \"event=$HOOP_EVENT arg=$1\"\ncat\necho oops >&2\nexit 3\n").unwrap();
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"event=$HOOP_EVENT arg=$1\"\ncat\necho oops >&2\nexit 3\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
     let slow = dir.join("slow.sh");
     std::fs::write(&slow, "#!/bin/sh\nsleep 30\n").unwrap();

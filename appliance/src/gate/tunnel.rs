@@ -75,23 +75,63 @@ pub(super) async fn handle(
     let Ok(Some((req, _))) = wire::decode_request(&buf[..header_len]) else {
         return;
     };
+    let pending = Bytes::copy_from_slice(&buf[header_len..]);
+    let claims = shared.signer.verify(req.token);
+    serve_admitted(
+        stream,
+        peer,
+        shared,
+        claims,
+        req.target,
+        req.port,
+        pending,
+        Framing::Tunnel,
+    )
+    .await;
+}
+
+/// Whether the laptop side speaks the tunnel protocol (status answer) or is
+/// a plain benchmark connection (no answer; a refusal just closes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    Tunnel,
+    #[cfg_attr(not(feature = "bench"), allow(dead_code))]
+    Plain,
+}
+
+/// Admits a request whose token was verified (or not), then serves it.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn serve_admitted(
+    mut stream: TunnelStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    claims: Result<crate::identity::SessionClaims, crate::identity::IdentityError>,
+    target: &str,
+    port: u16,
+    pending: Bytes,
+    framing: Framing,
+) {
     let policy = shared.policy.borrow().clone();
     let policy_version = policy.as_ref().map(|p| p.policy().version);
     let request = RequestInfo {
         peer,
-        target: Some(req.target),
-        port: Some(req.port),
+        target: Some(target),
+        port: Some(port),
         policy_version,
     };
     let (identity, connection, upstream, guard) =
-        match open_session(&shared, policy.as_deref(), req.token, req.target, req.port).await {
+        match open_session(&shared, policy.as_deref(), claims, target, port).await {
             Ok(admitted) => admitted,
             Err(refusal) => {
+                if framing == Framing::Plain {
+                    // Nothing to answer in; the audit record says why.
+                    let _ = stream.shutdown().await;
+                }
                 refuse(&mut stream, &shared, &request, refusal).await;
                 return;
             }
         };
-    if respond(&mut stream, Status::Ok, "").await.is_err() {
+    if framing == Framing::Tunnel && respond(&mut stream, Status::Ok, "").await.is_err() {
         return;
     }
     let ctx = SessionContext {
@@ -100,7 +140,7 @@ pub(super) async fn handle(
         connection,
         session_id: new_session_id(),
         peer,
-        port: req.port,
+        port,
         policy_version,
         cancel: guard.token.clone(),
         close_reason: guard.reason_handle(),
@@ -117,7 +157,6 @@ pub(super) async fn handle(
     }
     shared.metrics.session_started(ctx.connection.kind);
     let started = Instant::now();
-    let pending = Bytes::copy_from_slice(&buf[header_len..]);
     let mut end = proxy::serve(stream, upstream, pending, &ctx).await;
     if let Some(reason) = guard.close_reason() {
         end.reason = reason.to_string();
@@ -198,18 +237,12 @@ struct RequestInfo<'a> {
 async fn open_session(
     shared: &Shared,
     policy: Option<&VerifiedPolicy>,
-    token: &str,
+    claims: Result<crate::identity::SessionClaims, crate::identity::IdentityError>,
     target: &str,
     port: u16,
 ) -> Result<(Identity, Connection, Option<TcpStream>, SessionGuard), Refusal> {
     let revoked = shared.revoked.borrow().clone();
-    let admission = admit(
-        policy.map(|p| p.policy()),
-        shared.signer.verify(token),
-        &revoked,
-        target,
-        port,
-    )?;
+    let admission = admit(policy.map(|p| p.policy()), claims, &revoked, target, port)?;
     let identity = admission.identity;
     let connection = admission.connection.clone();
     let refusal = |status, reason| Refusal {

@@ -182,7 +182,12 @@ pub(super) fn validate_audit(
     Ok(AuditPolicy { mode, queue_full })
 }
 
-fn duration(ctx: &str, key: &str, v: Option<String>, default: Duration) -> Result<Duration, PolicyError> {
+fn duration(
+    ctx: &str,
+    key: &str,
+    v: Option<String>,
+    default: Duration,
+) -> Result<Duration, PolicyError> {
     match v {
         None => Ok(default),
         Some(s) => match humantime::parse_duration(&s) {
@@ -238,10 +243,11 @@ fn action(ctx: &str, raw: RawAction) -> Result<Action, PolicyError> {
         }
         "command" => {
             only(&["runbook", "timeout", "args"])?;
-            let runbook = raw
-                .runbook
-                .clone()
-                .ok_or_else(|| invalid(format!("{ctx}: a command needs `runbook` (a file name in runbook_dir)")))?;
+            let runbook = raw.runbook.clone().ok_or_else(|| {
+                invalid(format!(
+                    "{ctx}: a command needs `runbook` (a file name in runbook_dir)"
+                ))
+            })?;
             let plain = !runbook.is_empty()
                 && runbook != "."
                 && runbook != ".."
@@ -281,19 +287,22 @@ pub(super) fn validate_routes(
     let mut out: Vec<Route> = Vec::with_capacity(raw.len());
     for t in raw {
         let at = line(t.span());
-        let r: RawRoute = t
-            .into_inner()
-            .try_into()
-            .map_err(|e: toml::de::Error| invalid(format!("[[route]] (line {at}): {}", e.message())))?;
+        let r: RawRoute = t.into_inner().try_into().map_err(|e: toml::de::Error| {
+            invalid(format!("[[route]] (line {at}): {}", e.message()))
+        })?;
         let ctx = format!("route {:?} (line {at})", r.name);
         if r.name.trim().is_empty() {
-            return Err(invalid(format!("[[route]] (line {at}): name must not be empty")));
+            return Err(invalid(format!(
+                "[[route]] (line {at}): name must not be empty"
+            )));
         }
         if out.iter().any(|o| o.name == r.name) {
             return Err(invalid(format!("{ctx}: duplicate route name")));
         }
         if r.on.is_empty() {
-            return Err(invalid(format!("{ctx}: `on` must list at least one event kind")));
+            return Err(invalid(format!(
+                "{ctx}: `on` must list at least one event kind"
+            )));
         }
         if let Some(k) = r.on.iter().find(|k| !is_event_kind(k)) {
             return Err(invalid(format!(
@@ -307,9 +316,12 @@ pub(super) fn validate_routes(
         let text = match r.text {
             None => None,
             // ASCII semantics (`\s`, `(?i)`), as the crate is built without Unicode tables.
-            Some(p) => Some(TextMatch(regex::RegexBuilder::new(&p).unicode(false).build().map_err(|e| {
-                invalid(format!("{ctx}: text is not a valid regex: {e}"))
-            })?)),
+            Some(p) => Some(TextMatch(
+                regex::RegexBuilder::new(&p)
+                    .unicode(false)
+                    .build()
+                    .map_err(|e| invalid(format!("{ctx}: text is not a valid regex: {e}")))?,
+            )),
         };
         let actions = r
             .actions

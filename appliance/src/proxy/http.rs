@@ -8,12 +8,14 @@
 //!
 //! Layout: `service` (one request), `upstream` (connections, timeouts),
 //! `websocket` (Upgrade bridge), `headers` and `controls` (pure rewriting and
-//! decisions), `credentials`/`template`/`assertion` (what is injected),
-//! `body`/`io` (streaming and counting), `audit`, `error` (what the client
-//! sees), `tls` (upstream TLS configs).
+//! decisions), `hold` (requests held for approval), `credentials`,
+//! `template` and `assertion` (what is injected), `body` and `io` (streaming
+//! and counting), `audit`, `error` (what the client sees), `tls` (upstream
+//! TLS configs).
 //!
 //! Must not: put a secret value in a log, an error, an audit record or a
-//! response; buffer a whole body; outlive the session's cancellation by more
+//! response; buffer a whole body (a request held for approval is read first,
+//! bounded by `hold::MAX_HELD_BODY`); outlive the session's cancellation by more
 //! than a moment.
 
 mod assertion;
@@ -24,6 +26,7 @@ mod credentials;
 mod error;
 pub mod glob;
 mod headers;
+mod hold;
 mod io;
 mod service;
 mod session;

@@ -369,7 +369,14 @@ async fn run_relay(
         }
     };
     let outcome = {
-        let up = relay::pump_up(&mut cr, &mut uw, &mut cbuf, shared, &mut up_controls, flush_audit);
+        let up = relay::pump_up(
+            &mut cr,
+            &mut uw,
+            &mut cbuf,
+            shared,
+            &mut up_controls,
+            flush_audit,
+        );
         let down = relay::pump(
             &mut ur,
             &mut cw,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use appliance::audit::AuditKind;
 use e2e::run;
 
-use super::{err, gateway, sha256};
+use super::{gateway, sha256};
 
 /// A file of `mb` MiB of random bytes.
 pub(crate) fn random_file(path: &Path, mb: usize) {

@@ -25,7 +25,11 @@ enum Transport {
 
 impl Transport {
     /// Sends `rows` (in seq order); returns the highest seq now acknowledged.
-    async fn send(&mut self, rows: &[RawRow], status: &SinkStatus) -> Result<Option<i64>, ShipError> {
+    async fn send(
+        &mut self,
+        rows: &[RawRow],
+        status: &SinkStatus,
+    ) -> Result<Option<i64>, ShipError> {
         match self {
             Transport::Syslog(t) => t.send(rows, status).await,
             Transport::Http(t) => t.send(rows, status).await,

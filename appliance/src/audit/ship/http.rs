@@ -25,7 +25,10 @@ pub struct Target {
     uri: Uri,
     host_port: String,
     host_header: String,
-    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 impl std::fmt::Debug for Target {
@@ -63,7 +66,10 @@ impl Target {
             let name = server_name.unwrap_or(&host).to_owned();
             let sn = rustls::pki_types::ServerName::try_from(name.clone())
                 .map_err(|_| ShipError::Config(format!("bad TLS server name {name:?}")))?;
-            Some((tokio_rustls::TlsConnector::from(super::client_tls(ca_file)?), sn))
+            Some((
+                tokio_rustls::TlsConnector::from(super::client_tls(ca_file)?),
+                sn,
+            ))
         } else {
             None
         };
@@ -87,7 +93,11 @@ impl Target {
             .map_err(|_| ShipError::Timeout)?
     }
 
-    async fn post_inner(&self, headers: &[(&str, String)], body: Bytes) -> Result<(u16, Bytes), ShipError> {
+    async fn post_inner(
+        &self,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<(u16, Bytes), ShipError> {
         let tcp = TcpStream::connect(&self.host_port)
             .await
             .map_err(|e| ShipError::Connect(self.host_port.clone(), e.to_string()))?;
@@ -151,7 +161,10 @@ where
 
 /// Gzip `data` (fast level: batches are sent often).
 pub fn gzip(data: &[u8]) -> Result<Vec<u8>, ShipError> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4), flate2::Compression::fast());
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4),
+        flate2::Compression::fast(),
+    );
     enc.write_all(data)?;
     Ok(enc.finish()?)
 }
@@ -174,7 +187,11 @@ pub struct HttpTransport {
 }
 
 impl HttpTransport {
-    pub fn new(cfg: &SinkConfig, url: &str, token: Option<Secret>) -> Result<HttpTransport, ShipError> {
+    pub fn new(
+        cfg: &SinkConfig,
+        url: &str,
+        token: Option<Secret>,
+    ) -> Result<HttpTransport, ShipError> {
         Ok(HttpTransport {
             target: Target::parse(url, cfg.ca_file.as_deref(), cfg.server_name.as_deref())?,
             token,
@@ -182,7 +199,11 @@ impl HttpTransport {
         })
     }
 
-    pub async fn send(&mut self, rows: &[RawRow], status: &SinkStatus) -> Result<Option<i64>, ShipError> {
+    pub async fn send(
+        &mut self,
+        rows: &[RawRow],
+        status: &SinkStatus,
+    ) -> Result<Option<i64>, ShipError> {
         let mut ndjson = Vec::with_capacity(rows.len() * 400);
         for row in rows {
             let line = match StoredRecord::from_raw(row) {
@@ -209,7 +230,10 @@ impl HttpTransport {
             headers.push(("authorization", format!("Bearer {}", t.expose())));
         }
         let n = body.len();
-        let (code, _) = self.target.post(&headers, Bytes::from(body), self.timeout).await?;
+        let (code, _) = self
+            .target
+            .post(&headers, Bytes::from(body), self.timeout)
+            .await?;
         status
             .sent_records
             .fetch_add(rows.len() as u64, Ordering::Relaxed);

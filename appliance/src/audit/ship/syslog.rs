@@ -38,10 +38,8 @@ fn sd_escape(s: &str) -> String {
 
 fn timestamp(ms: i64) -> String {
     match u64::try_from(ms) {
-        Ok(m) => humantime::format_rfc3339_millis(
-            std::time::UNIX_EPOCH + Duration::from_millis(m),
-        )
-        .to_string(),
+        Ok(m) => humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(m))
+            .to_string(),
         Err(_) => "-".to_owned(),
     }
 }
@@ -56,8 +54,10 @@ pub fn format_message(row: &RawRow, facility: u8, hostname: &str) -> String {
     let json = match StoredRecord::from_raw(row) {
         Ok(rec) => serde_json::to_string(&rec).unwrap_or_default(),
         // A row this version cannot decode still ships, as its raw columns.
-        Err(_) => serde_json::json!({ "seq": row.seq, "id": row.id, "kind": row.kind, "hash": row.hash })
-            .to_string(),
+        Err(_) => {
+            serde_json::json!({ "seq": row.seq, "id": row.id, "kind": row.kind, "hash": row.hash })
+                .to_string()
+        }
     };
     // MSGID is at most 32 printable ASCII characters.
     let msgid: String = row
@@ -137,7 +137,8 @@ impl SyslogTransport {
             });
             let name = rustls::pki_types::ServerName::try_from(host.clone())
                 .map_err(|_| ShipError::Config(format!("bad TLS server name {host:?}")))?;
-            let connector = tokio_rustls::TlsConnector::from(super::client_tls(cfg.ca_file.as_deref())?);
+            let connector =
+                tokio_rustls::TlsConnector::from(super::client_tls(cfg.ca_file.as_deref())?);
             Some((connector, name))
         } else {
             None
@@ -222,8 +223,16 @@ impl SyslogTransport {
         Ok(self.settled())
     }
 
-    pub async fn send(&mut self, rows: &[RawRow], status: &SinkStatus) -> Result<Option<i64>, ShipError> {
-        if self.conn.as_ref().is_some_and(|c| c.closed.load(Ordering::Acquire)) {
+    pub async fn send(
+        &mut self,
+        rows: &[RawRow],
+        status: &SinkStatus,
+    ) -> Result<Option<i64>, ShipError> {
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.closed.load(Ordering::Acquire))
+        {
             self.conn = None;
             if !self.in_flight.is_empty() {
                 return Err(ShipError::Closed);
@@ -234,7 +243,10 @@ impl SyslogTransport {
         }
         self.buf.clear();
         for row in rows {
-            frame(&format_message(row, self.facility, &self.hostname), &mut self.buf);
+            frame(
+                &format_message(row, self.facility, &self.hostname),
+                &mut self.buf,
+            );
         }
         let Some(conn) = self.conn.as_mut() else {
             return Err(ShipError::Closed);

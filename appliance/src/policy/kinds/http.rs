@@ -173,11 +173,29 @@ pub struct HttpRule {
 }
 
 /// What a matching rule does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleAction {
     /// Answer 403 naming the rule.
     Deny,
+    /// File an approval request and answer 403 with its id; once approved,
+    /// the same user's identical request (method, target, body) passes for
+    /// `reuse_window`.
+    RequireApproval(ApprovalSettings),
 }
+
+/// How a `require_approval` rule holds requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalSettings {
+    /// Members of this group may approve (never the requester).
+    pub approvers_group: String,
+    /// How long an approval keeps the identical request allowed.
+    pub reuse_window: Duration,
+    /// How long a request waits for a decision before it expires.
+    pub timeout: Duration,
+}
+
+/// Default `reuse_window` of a `require_approval` rule.
+pub const DEFAULT_REUSE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -233,6 +251,9 @@ struct RawRule {
     methods: Vec<String>,
     paths: Vec<String>,
     action: Option<String>,
+    approvers_group: Option<String>,
+    reuse_window: Option<String>,
+    approval_timeout: Option<String>,
 }
 
 /// Validates the raw table; `whence` names it in errors.
@@ -405,14 +426,43 @@ fn rule(r: RawRule, i: usize) -> Result<HttpRule, String> {
         paths.push(Glob::new(p).map_err(|e| format!("{at}.paths: {e}"))?);
     }
     let action = match r.action.as_deref() {
-        None | Some("deny") => RuleAction::Deny,
+        None | Some("deny") => {
+            if r.approvers_group.is_some()
+                || r.reuse_window.is_some()
+                || r.approval_timeout.is_some()
+            {
+                return Err(format!(
+                    "{at}: approvers_group, reuse_window and approval_timeout need action = \"require_approval\""
+                ));
+            }
+            RuleAction::Deny
+        }
         Some("require_approval") => {
+            let group = r.approvers_group.unwrap_or_default();
+            if group.trim().is_empty() || group.len() > 512 {
+                return Err(format!(
+                    "{at}.approvers_group is required for require_approval (1-512 characters)"
+                ));
+            }
+            let reuse_window = match r.reuse_window {
+                Some(t) => duration(&t, &format!("{at}.reuse_window"))?,
+                None => DEFAULT_REUSE_WINDOW,
+            };
+            let timeout = match r.approval_timeout {
+                Some(t) => duration(&t, &format!("{at}.approval_timeout"))?,
+                None => Duration::from_secs(600),
+            };
+            RuleAction::RequireApproval(ApprovalSettings {
+                approvers_group: group,
+                reuse_window,
+                timeout,
+            })
+        }
+        Some(other) => {
             return Err(format!(
-                "{at}.action \"require_approval\" is not available in this build: it needs the \
-                 approvals subsystem, which does not exist yet; use \"deny\""
+                "{at}.action {other:?} must be \"deny\" or \"require_approval\""
             ))
         }
-        Some(other) => return Err(format!("{at}.action {other:?} must be \"deny\"")),
     };
     Ok(HttpRule {
         name: r.name,

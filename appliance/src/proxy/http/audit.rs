@@ -77,6 +77,7 @@ pub struct RequestLog {
     rule: Option<String>,
     upgrade: Option<String>,
     upstream_version: Option<&'static str>,
+    approval: Option<String>,
     complete: bool,
 }
 
@@ -95,6 +96,7 @@ impl RequestLog {
             rule: None,
             upgrade: None,
             upstream_version: None,
+            approval: None,
             complete: false,
         }
     }
@@ -121,6 +123,11 @@ impl RequestLog {
             http::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
         });
+    }
+
+    /// The approval request filed for it, or the approval it reused.
+    pub fn approval(&mut self, id: &str) {
+        self.approval = Some(id.to_string());
     }
 
     /// The response body was sent to its end.
@@ -150,6 +157,9 @@ impl Drop for RequestLog {
         }
         if let Some(u) = &self.upgrade {
             detail["upgrade"] = u.as_str().into();
+        }
+        if let Some(a) = &self.approval {
+            detail["approval"] = a.as_str().into();
         }
         if let Some(v) = self.upstream_version {
             detail["upstream_version"] = v.into();

@@ -17,7 +17,7 @@ use super::audit::RequestLog;
 
 /// The client's request body, forwarded upstream.
 pub struct UpBody {
-    inner: Incoming,
+    inner: Source,
     sent: Arc<AtomicU64>,
     done: Option<oneshot::Sender<()>>,
 }
@@ -26,6 +26,16 @@ impl UpBody {
     /// Wraps `inner`; `done` fires once it has been forwarded in full (or
     /// dropped). `sent` counts its data bytes.
     pub fn new(inner: Incoming, sent: Arc<AtomicU64>) -> (UpBody, oneshot::Receiver<()>) {
+        Self::with(Source::Upstream(inner), sent)
+    }
+
+    /// A body that was read in full first (held for approval).
+    pub fn buffered(bytes: Bytes, sent: Arc<AtomicU64>) -> (UpBody, oneshot::Receiver<()>) {
+        let bytes = if bytes.is_empty() { None } else { Some(bytes) };
+        Self::with(Source::Full(bytes), sent)
+    }
+
+    fn with(inner: Source, sent: Arc<AtomicU64>) -> (UpBody, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         let mut body = UpBody {
             inner,
@@ -60,7 +70,7 @@ impl Body for UpBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let res = Pin::new(&mut this.inner).poll_frame(cx);
+        let res = this.inner.poll_frame(cx);
         match &res {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
@@ -85,9 +95,36 @@ impl Body for UpBody {
     }
 }
 
+/// A streamed (`Upstream`: from a peer) or already complete body.
 enum Source {
     Upstream(Incoming),
     Full(Option<Bytes>),
+}
+
+impl Source {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self {
+            Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Source::Upstream(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Full(b) => b.is_none(),
+            Source::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Source::Upstream(b) => b.size_hint(),
+        }
+    }
 }
 
 /// What the client receives.
@@ -135,10 +172,7 @@ impl Body for DownBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let res = match &mut this.source {
-            Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Source::Upstream(body) => Pin::new(body).poll_frame(cx),
-        };
+        let res = this.source.poll_frame(cx);
         match &res {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(d), Some(log)) = (frame.data_ref(), this.log.as_mut()) {
@@ -160,16 +194,10 @@ impl Body for DownBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.source {
-            Source::Full(b) => b.is_none(),
-            Source::Upstream(b) => b.is_end_stream(),
-        }
+        self.source.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.source {
-            Source::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Source::Upstream(b) => b.size_hint(),
-        }
+        self.source.size_hint()
     }
 }

@@ -5,7 +5,7 @@
 
 use http::Method;
 
-use crate::policy::kinds::http::{HttpRule, RuleAction};
+use crate::policy::kinds::http::{ApprovalSettings, HttpRule, RuleAction};
 
 /// The outcome for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +13,8 @@ pub enum Decision<'a> {
     Allow,
     /// Refused by this rule.
     Deny(&'a str),
+    /// Held for approval by this rule.
+    Hold(&'a str, &'a ApprovalSettings),
 }
 
 /// The first rule matching `method` and `path` decides; none means allow.
@@ -24,8 +26,9 @@ pub fn decide<'a>(rules: &'a [HttpRule], method: &Method, path: &str) -> Decisio
     for rule in rules {
         let method_ok = rule.methods.is_empty() || rule.methods.contains(method);
         if method_ok && rule.paths.iter().any(|g| g.matches(&normalized)) {
-            return match rule.action {
+            return match &rule.action {
                 RuleAction::Deny => Decision::Deny(&rule.name),
+                RuleAction::RequireApproval(a) => Decision::Hold(&rule.name, a),
             };
         }
     }
@@ -118,6 +121,24 @@ mod tests {
             paths: paths.iter().map(|p| Glob::new(p).unwrap()).collect(),
             action: RuleAction::Deny,
         }
+    }
+
+    #[test]
+    fn approval_rules_hold() {
+        let hold = ApprovalSettings {
+            approvers_group: "leads".into(),
+            reuse_window: std::time::Duration::from_secs(60),
+            timeout: std::time::Duration::from_secs(60),
+        };
+        let rules = vec![HttpRule {
+            action: RuleAction::RequireApproval(hold.clone()),
+            ..rule("hold-writes", &[Method::POST], &["/api/**"])
+        }];
+        assert_eq!(
+            decide(&rules, &Method::POST, "/api/x"),
+            Decision::Hold("hold-writes", &hold)
+        );
+        assert_eq!(decide(&rules, &Method::GET, "/api/x"), Decision::Allow);
     }
 
     #[test]

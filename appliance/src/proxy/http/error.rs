@@ -29,6 +29,23 @@ pub enum GatewayError {
         rule: String,
         connection: String,
     },
+    #[error("approval required, request {id}: {method} {path} is held by rule {rule:?} until a member of {group:?} approves it ({hint}); then send the identical request again")]
+    ApprovalRequired {
+        id: String,
+        method: Method,
+        path: String,
+        rule: String,
+        group: String,
+        hint: String,
+    },
+    #[error(
+        "the request body is over {limit} bytes, too large to hold for approval (rule {rule:?})"
+    )]
+    HoldTooLarge { limit: usize, rule: String },
+    #[error("the request body could not be read: {0}")]
+    BadBody(String),
+    #[error("the request could not be held for approval: {0}")]
+    ApprovalUnavailable(String),
     #[error("the gateway cannot build the upstream credential: {0}")]
     Credential(RenderError),
     #[error("the gateway cannot sign the identity assertion: {0}")]
@@ -51,7 +68,12 @@ impl GatewayError {
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::MethodNotSupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::BadTarget => StatusCode::BAD_REQUEST,
-            GatewayError::Denied { .. } => StatusCode::FORBIDDEN,
+            GatewayError::Denied { .. } | GatewayError::ApprovalRequired { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            GatewayError::HoldTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BadBody(_) => StatusCode::BAD_REQUEST,
+            GatewayError::ApprovalUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Credential(_) | GatewayError::Assertion(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -71,6 +93,10 @@ impl GatewayError {
             GatewayError::MethodNotSupported(_) => "method_not_supported",
             GatewayError::BadTarget => "bad_request",
             GatewayError::Denied { .. } => "denied",
+            GatewayError::ApprovalRequired { .. } => "approval_required",
+            GatewayError::HoldTooLarge { .. } => "body_too_large",
+            GatewayError::BadBody(_) => "bad_request",
+            GatewayError::ApprovalUnavailable(_) => "approval_unavailable",
             GatewayError::Credential(_) => "credential_unavailable",
             GatewayError::Assertion(_) => "assertion_unavailable",
             GatewayError::UpstreamUnreachable { .. } => "upstream_unreachable",
@@ -84,7 +110,17 @@ impl GatewayError {
     /// The rule that refused the request, if any.
     pub fn rule(&self) -> Option<&str> {
         match self {
-            GatewayError::Denied { rule, .. } => Some(rule),
+            GatewayError::Denied { rule, .. }
+            | GatewayError::ApprovalRequired { rule, .. }
+            | GatewayError::HoldTooLarge { rule, .. } => Some(rule),
+            _ => None,
+        }
+    }
+
+    /// The approval request filed, if any.
+    pub fn approval_id(&self) -> Option<&str> {
+        match self {
+            GatewayError::ApprovalRequired { id, .. } => Some(id),
             _ => None,
         }
     }
@@ -92,11 +128,14 @@ impl GatewayError {
     /// The body and its content type, per the client's `Accept`.
     pub fn body(&self, accept: Option<&HeaderValue>) -> (&'static str, Bytes) {
         if wants_json(accept) {
-            let v = serde_json::json!({
+            let mut v = serde_json::json!({
                 "error": self.code(),
                 "status": self.status().as_u16(),
                 "reason": self.to_string(),
             });
+            if let Some(id) = self.approval_id() {
+                v["request_id"] = id.into();
+            }
             let mut text = v.to_string();
             text.push('\n');
             ("application/json", Bytes::from(text))

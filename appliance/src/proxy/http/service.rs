@@ -15,6 +15,7 @@ use super::body::{DownBody, UpBody};
 use super::controls::{self, Decision};
 use super::error::GatewayError;
 use super::headers::{self, Forwarding};
+use super::hold::{self, Held};
 use super::session::Session;
 
 /// Serves one request.
@@ -31,7 +32,7 @@ pub async fn handle(s: Arc<Session>, mut req: Request<Incoming>) -> Response<Dow
     } else {
         path.clone()
     };
-    let log = RequestLog::new(s.audit.clone(), method.clone(), audited);
+    let mut log = RequestLog::new(s.audit.clone(), method.clone(), audited);
 
     let size = headers::head_size(method.as_str(), &target, req.headers());
     if size > s.settings.max_header_bytes {
@@ -44,15 +45,19 @@ pub async fn handle(s: Arc<Session>, mut req: Request<Incoming>) -> Response<Dow
     if !(target.starts_with('/') || (target == "*" && method == Method::OPTIONS)) {
         return refuse(GatewayError::BadTarget, &accept, log);
     }
-    if let Decision::Deny(rule) = controls::decide(&s.settings.rules, &method, &path) {
-        let e = GatewayError::Denied {
-            method,
-            path,
-            rule: rule.to_string(),
-            connection: s.connection.clone(),
-        };
-        return refuse(e, &accept, log);
-    }
+    let held = match controls::decide(&s.settings.rules, &method, &path) {
+        Decision::Allow => None,
+        Decision::Hold(rule, settings) => Some((rule, settings)),
+        Decision::Deny(rule) => {
+            let e = GatewayError::Denied {
+                method,
+                path,
+                rule: rule.to_string(),
+                connection: s.connection.clone(),
+            };
+            return refuse(e, &accept, log);
+        }
+    };
     let inject = match &s.credentials {
         Ok(c) => c.as_slice(),
         Err(e) => return refuse(GatewayError::Credential(e.clone()), &accept, log),
@@ -80,7 +85,18 @@ pub async fn handle(s: Arc<Session>, mut req: Request<Incoming>) -> Response<Dow
     );
     // Absolute-form targets (proxy-style requests) go upstream as origin-form.
     parts.uri = Uri::try_from(target.as_str()).unwrap_or_else(|_| Uri::from_static("/"));
-    let (body, sent) = UpBody::new(body, log.up.clone());
+    let (body, sent) = match held {
+        None => UpBody::new(body, log.up.clone()),
+        Some((rule, settings)) => {
+            match hold::check(&s, rule, settings, &method, &target, body).await {
+                Held::Forward(bytes, approval) => {
+                    log.approval(&approval);
+                    UpBody::buffered(bytes, log.up.clone())
+                }
+                Held::Refused(e) => return refuse(e, &accept, log),
+            }
+        }
+    };
     let up_req = Request::from_parts(parts, body);
 
     if let (Some(protocol), Some(client_upgrade)) = (upgrade, client_upgrade) {
@@ -113,6 +129,9 @@ pub fn refuse(
     let (content_type, body) = e.body(accept.as_ref());
     tracing::info!(status = status.as_u16(), reason = %e, "HTTP request answered by the gateway");
     log.refused(status.as_u16(), e.code(), e.to_string(), e.rule());
+    if let Some(id) = e.approval_id() {
+        log.approval(id);
+    }
     let mut resp = Response::new(DownBody::full(body, Some(log)));
     *resp.status_mut() = status;
     resp.headers_mut()

@@ -14,11 +14,17 @@ use super::audit::AuditSink;
 use super::credentials;
 use super::template::RenderError;
 use super::upstream::{Target, Upstream};
+use crate::approvals::Approvals;
+use crate::identity::Identity;
 use crate::policy::kinds::http::HttpSettings;
 use crate::proxy::SessionContext;
 
 pub struct Session {
     pub connection: String,
+    pub identity: Identity,
+    pub session_id: String,
+    pub policy_version: Option<u64>,
+    pub approvals: Approvals,
     pub settings: HttpSettings,
     pub peer: SocketAddr,
     pub cancel: CancellationToken,
@@ -67,6 +73,10 @@ impl Session {
         }
         Ok(Session {
             connection: name,
+            identity: ctx.identity.clone(),
+            session_id: ctx.session_id.clone(),
+            policy_version: ctx.policy_version,
+            approvals: ctx.shared.approvals.clone(),
             settings,
             peer: ctx.peer,
             cancel: ctx.cancel.clone(),

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::policy::kinds::http::{HttpSettings, RuleAction, Scheme, DEFAULT_STRIP_HEADERS};
+use crate::policy::kinds::http::{
+    ApprovalSettings, HttpSettings, RuleAction, Scheme, DEFAULT_STRIP_HEADERS,
+};
 use crate::policy::{parse_policy, KindSettings, PolicyError};
 
 fn policy(http: &str) -> String {
@@ -88,6 +90,15 @@ name = "read-only-dashboards"
 methods = ["post", "PUT", "DELETE"]
 paths = ["/api/dashboards/**", "/api/folders/*"]
 action = "deny"
+
+[[connection.http.rules]]
+name = "hold-deploys"
+methods = ["POST"]
+paths = ["/api/deploy/**"]
+action = "require_approval"
+approvers_group = "release-managers"
+reuse_window = "30m"
+approval_timeout = "5m"
 "#,
     )
     .unwrap();
@@ -109,7 +120,15 @@ action = "deny"
     let a = s.identity_assertion.as_ref().unwrap();
     assert_eq!(a.header, "x-hoop-user");
     assert_eq!(a.ttl, Duration::from_secs(120));
-    assert_eq!(s.rules.len(), 2);
+    assert_eq!(s.rules.len(), 3);
+    assert_eq!(
+        s.rules[2].action,
+        RuleAction::RequireApproval(ApprovalSettings {
+            approvers_group: "release-managers".into(),
+            reuse_window: Duration::from_secs(1800),
+            timeout: Duration::from_secs(300),
+        })
+    );
     assert_eq!(
         s.rules[1].methods,
         vec![Method::POST, Method::PUT, Method::DELETE]
@@ -144,7 +163,15 @@ fn refusals_name_the_key() {
         ),
         (
             "[[connection.http.rules]]\nname = \"hold\"\npaths = [\"/\"]\naction = \"require_approval\"",
-            "approvals subsystem",
+            "approvers_group is required",
+        ),
+        (
+            "[[connection.http.rules]]\nname = \"d\"\npaths = [\"/\"]\napprovers_group = \"x\"",
+            "need action = \"require_approval\"",
+        ),
+        (
+            "[[connection.http.rules]]\nname = \"d\"\npaths = [\"/\"]\naction = \"maybe\"",
+            "must be \"deny\" or \"require_approval\"",
         ),
     ];
     for (http, want) in cases {

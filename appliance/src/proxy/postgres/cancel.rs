@@ -94,7 +94,10 @@ mod tests {
         );
         assert!(g1.process_id > 0);
         let found = reg.lookup(g1.process_id, &g1.secret_key).unwrap();
-        assert_eq!((found.user, found.upstream_process_id), (t.user, t.upstream_process_id));
+        assert_eq!(
+            (found.user, found.upstream_process_id),
+            (t.user, t.upstream_process_id)
+        );
         let (pid, key) = (g1.process_id, g1.secret_key.clone());
         drop(g1);
         assert!(reg.lookup(pid, &key).is_none());

@@ -19,8 +19,15 @@ use crate::policy::kinds::postgres_controls::{Guardrails, PgControls};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Forward,
-    Deny { class: StatementClass, rule: String, message: String },
-    Hold { class: StatementClass, rule: String },
+    Deny {
+        class: StatementClass,
+        rule: String,
+        message: String,
+    },
+    Hold {
+        class: StatementClass,
+        rule: String,
+    },
 }
 
 /// Per-session guardrail state (lives in the client-to-upstream direction).
@@ -38,7 +45,11 @@ fn guardrails_configured(g: &Guardrails) -> bool {
 }
 
 impl Controls {
-    pub fn new(settings: Arc<PgControls>, groups: Vec<String>, policy_version: Option<u64>) -> Controls {
+    pub fn new(
+        settings: Arc<PgControls>,
+        groups: Vec<String>,
+        policy_version: Option<u64>,
+    ) -> Controls {
         let active = guardrails_configured(&settings.guardrails);
         Controls {
             settings,
@@ -60,10 +71,15 @@ impl Controls {
     }
 
     /// Decides on a Query text, or on a Parse (`parse_name` = the statement name).
-    pub fn check(&mut self, sql: &[u8], parse_name: Option<&str>) -> (Verdict, BTreeSet<StatementClass>) {
+    pub fn check(
+        &mut self,
+        sql: &[u8],
+        parse_name: Option<&str>,
+    ) -> (Verdict, BTreeSet<StatementClass>) {
         let c = classify::classify_bytes(sql, &self.opts);
         let classes = self.prepared.effective(&c);
-        let decision = guard::decide_statement(&self.settings, &self.groups, &classes, &c.exposures);
+        let decision =
+            guard::decide_statement(&self.settings, &self.groups, &classes, &c.exposures);
         let verdict = match decision {
             GuardDecision::Allow => Verdict::Forward,
             GuardDecision::Deny { class, rule } => Verdict::Deny {
@@ -92,7 +108,11 @@ impl Controls {
 /// The Query that makes the server raise `message` with `sqlstate`
 /// (five characters of [0-9A-Z]; anything else becomes 42501).
 pub fn raise_query(sqlstate: &str, message: &str) -> Vec<u8> {
-    let sqlstate = if sqlstate.len() == 5 && sqlstate.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()) {
+    let sqlstate = if sqlstate.len() == 5
+        && sqlstate
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+    {
         sqlstate
     } else {
         "42501"
@@ -145,13 +165,30 @@ mod tests {
         assert!(c.active());
         assert_eq!(c.check(b"select 1", None).0, Verdict::Forward);
         let (v, _) = c.check(b"drop table t", None);
-        assert!(matches!(v, Verdict::Deny { class: StatementClass::Drop, ref message, .. } if message.contains("policy version 3")));
-        assert!(matches!(c.check(b"delete from t where id = 1", None).0, Verdict::Hold { .. }));
+        assert!(
+            matches!(v, Verdict::Deny { class: StatementClass::Drop, ref message, .. } if message.contains("policy version 3"))
+        );
+        assert!(matches!(
+            c.check(b"delete from t where id = 1", None).0,
+            Verdict::Hold { .. }
+        ));
         // A prepared DELETE carries its class into EXECUTE.
-        assert!(matches!(c.check(b"PREPARE p AS DELETE FROM t WHERE id = $1", None).0, Verdict::Hold { .. }));
-        assert!(matches!(c.check(b"EXECUTE p(1)", None).0, Verdict::Hold { .. }));
+        assert!(matches!(
+            c.check(b"PREPARE p AS DELETE FROM t WHERE id = $1", None).0,
+            Verdict::Hold { .. }
+        ));
+        assert!(matches!(
+            c.check(b"EXECUTE p(1)", None).0,
+            Verdict::Hold { .. }
+        ));
         // Unparseable text is denied (fail closed) once guardrails exist.
-        assert!(matches!(c.check(b"SELEKT nonsense ((", None).0, Verdict::Deny { class: StatementClass::Unparsed, .. }));
+        assert!(matches!(
+            c.check(b"SELEKT nonsense ((", None).0,
+            Verdict::Deny {
+                class: StatementClass::Unparsed,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -71,7 +71,12 @@ pub async fn hold(
         approve_hint(&id)
     );
     let mut notice = Vec::new();
-    if codec::notice_response(&mut notice, &Diagnostic::new(Severity::Notice, "01000", &text)).is_ok() {
+    if codec::notice_response(
+        &mut notice,
+        &Diagnostic::new(Severity::Notice, "01000", &text),
+    )
+    .is_ok()
+    {
         let _ = notices.send(notice).await;
     }
     let outcome = tokio::select! {
@@ -100,7 +105,10 @@ pub async fn hold(
         ),
         other => HoldEnd::Refuse(
             "42501",
-            format!("approval {id} {}; the statement did not run", other.describe()),
+            format!(
+                "approval {id} {}; the statement did not run",
+                other.describe()
+            ),
         ),
     }
 }

@@ -62,6 +62,8 @@ mod rules;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_rewrite;
 
 pub use detect::{BuiltinDetector, CustomDetector, Detectors, MAX_REGEX_SIZE, MAX_REGEX_SOURCE};
 pub use rules::{ColumnName, ColumnPattern, MaskRules, NameGlob, MAX_PATTERN};

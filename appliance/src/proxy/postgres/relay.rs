@@ -241,7 +241,12 @@ pub struct UpControls<'a> {
 }
 
 /// Why a refused statement did not run, for its audit record.
-fn denied_event(text: &[u8], kind: super::tracker::StepKind, control: serde_json::Value, message: &str) -> StatementEvent {
+fn denied_event(
+    text: &[u8],
+    kind: super::tracker::StepKind,
+    control: serde_json::Value,
+    message: &str,
+) -> StatementEvent {
     StatementEvent {
         kind,
         text: Some(super::tracker::audit_text(&String::from_utf8_lossy(text))),
@@ -287,7 +292,8 @@ where
         let mut terminate = false;
         let mut passthrough = 0usize;
         while buf.len() - at >= FRAME_HEADER_LEN {
-            let header: [u8; FRAME_HEADER_LEN] = [buf[at], buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]];
+            let header: [u8; FRAME_HEADER_LEN] =
+                [buf[at], buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]];
             let total = match codec::frame_len(&header, shared.max_message) {
                 Ok(t) => t,
                 Err(e) => return Stop::Protocol(e),
@@ -330,10 +336,18 @@ where
                 };
                 let (verdict, classes) = up.controls.check(&sql, name.as_deref());
                 let class_names: Vec<&str> = classes.iter().map(|c| c.as_str()).collect();
-                let kind = if tag == frontend::QUERY_TAG { StepKind::Simple } else { StepKind::Prepare };
+                let kind = if tag == frontend::QUERY_TAG {
+                    StepKind::Simple
+                } else {
+                    StepKind::Prepare
+                };
                 let refusal = match verdict {
                     Verdict::Forward => None,
-                    Verdict::Deny { class, rule, message } => Some((
+                    Verdict::Deny {
+                        class,
+                        rule,
+                        message,
+                    } => Some((
                         "42501",
                         message,
                         serde_json::json!({"decision": "deny", "class": class.as_str(), "rule": rule, "classes": class_names}),
@@ -353,7 +367,17 @@ where
                         on_batch().await;
                         let text = String::from_utf8_lossy(&sql).into_owned();
                         let approval = up.controls.settings().approval.clone();
-                        match hold(up.ctx, approval.as_ref(), &text, fingerprint(&sql), &rule, &up.notices, &up.cancelled).await {
+                        match hold(
+                            up.ctx,
+                            approval.as_ref(),
+                            &text,
+                            fingerprint(&sql),
+                            &rule,
+                            &up.notices,
+                            &up.cancelled,
+                        )
+                        .await
+                        {
                             HoldEnd::Run => None,
                             HoldEnd::SessionClosed => return Stop::Closed,
                             HoldEnd::Refuse(state, message) => Some((
@@ -375,7 +399,11 @@ where
                     if let Err(e) = w.write_all(&raise).await {
                         return Stop::Io(e);
                     }
-                    shared.tracker.lock().unwrap_or_else(|e| e.into_inner()).push_silent();
+                    shared
+                        .tracker
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_silent();
                     shared
                         .events
                         .lock()

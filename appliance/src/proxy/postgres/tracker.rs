@@ -328,7 +328,10 @@ impl Tracker {
                 while let Some(p) = self.queue.pop_front() {
                     let ends_step = matches!(
                         p,
-                        Pending::Sync | Pending::Simple { .. } | Pending::Function { .. } | Pending::Silent
+                        Pending::Sync
+                            | Pending::Simple { .. }
+                            | Pending::Function { .. }
+                            | Pending::Silent
                     );
                     if let Some(ev) = p.into_event(now, None) {
                         out.push(ev);
@@ -364,17 +367,52 @@ impl Pending {
         let unfinished = cut_short.map(|r| (None, Some(r.to_string())));
         let (kind, text, tags, rows, started, error) = match self {
             Pending::Sync | Pending::Silent => return None,
-            Pending::Execute { statement, text, params, started } => {
+            Pending::Execute {
+                statement,
+                text,
+                params,
+                started,
+            } => {
                 let outcome = "unfinished";
                 let err = unfinished.or(Some((None, None)));
-                return Some(execute_event(statement, text, params, now - started, Vec::new(), None, err, outcome));
+                return Some(execute_event(
+                    statement,
+                    text,
+                    params,
+                    now - started,
+                    Vec::new(),
+                    None,
+                    err,
+                    outcome,
+                ));
             }
-            Pending::Simple { text, started, tags, rows, sqlstate, error } => {
-                (StepKind::Simple, Some(text), tags, rows, started, (sqlstate, error))
-            }
-            Pending::Function { started, sqlstate, error } => {
-                (StepKind::FunctionCall, None, Vec::new(), None, started, (sqlstate, error))
-            }
+            Pending::Simple {
+                text,
+                started,
+                tags,
+                rows,
+                sqlstate,
+                error,
+            } => (
+                StepKind::Simple,
+                Some(text),
+                tags,
+                rows,
+                started,
+                (sqlstate, error),
+            ),
+            Pending::Function {
+                started,
+                sqlstate,
+                error,
+            } => (
+                StepKind::FunctionCall,
+                None,
+                Vec::new(),
+                None,
+                started,
+                (sqlstate, error),
+            ),
         };
         let (outcome, (sqlstate, error)) = match unfinished {
             Some(e) => ("unfinished", e),

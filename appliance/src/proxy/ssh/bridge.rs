@@ -397,8 +397,9 @@ async fn start_recording(conn: &Conn, sh: &ChanShared, pty: &(String, u32, u32))
     let id = format!("{}-{}", conn.session_id, conn.next_seq());
     let header = CastHeader {
         version: 2,
-        width: pty.1.clamp(1, 1000),
-        height: pty.2.clamp(1, 1000),
+        // A client without a terminal reports 0x0.
+        width: if pty.1 == 0 { 80 } else { pty.1.min(1000) },
+        height: if pty.2 == 0 { 24 } else { pty.2.min(1000) },
         timestamp: (crate::audit::now_ms() / 1000).max(0) as u64,
         title: format!(
             "{} on {} (session {})",

@@ -35,13 +35,13 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
                 ti += 1;
                 continue;
             }
-            Some('\\') if pi + 1 < p.len() => {
-                if p[pi + 1] == t[ti] {
-                    pi += 2;
-                    ti += 1;
-                    continue;
-                }
+            Some('\\') if pi + 1 < p.len() && p[pi + 1] == t[ti] => {
+                pi += 2;
+                ti += 1;
+                continue;
             }
+            // An escaped character that does not match.
+            Some('\\') if pi + 1 < p.len() => {}
             Some(c) if *c == t[ti] => {
                 pi += 1;
                 ti += 1;
@@ -85,7 +85,7 @@ pub fn denied_command<'a>(deny: &'a [String], command: &str) -> Option<&'a str> 
         return Some(p);
     }
     command
-        .split(|c: char| matches!(c, ';' | '&' | '|' | '\n' | '(' | ')' | '`'))
+        .split([';', '&', '|', '\n', '(', ')', '`'])
         .map(normalize)
         .filter(|s| !s.is_empty())
         .find_map(|seg| first_match(deny, &seg))

@@ -93,6 +93,8 @@ pub(super) const CORPUS: &[(&str, &str, &str)] = &[
     ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET a = s.a WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.a)", "write", "hold write"),
     ("COPY t FROM STDIN", "write", "hold write"),
     ("COPY t (a, b) FROM STDIN WITH (FORMAT csv)", "write", "hold write"),
+    ("COPY t FROM STDIN;", "write", "hold write"),
+    ("COPY t FROM STDIN;\n", "write", "hold write"),
     ("INSERT INTO t SELECT * FROM s RETURNING id", "write", "hold write"),
     ("UPDATE t SET a = (SELECT max(b) FROM s) WHERE id = 1", "write", "hold write"),
     ("DELETE FROM t WHERE id IN (SELECT id FROM s)", "write", "hold write"),

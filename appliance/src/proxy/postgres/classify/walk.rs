@@ -14,10 +14,9 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    visit_expressions, AlterTableOperation, CopyTarget, Expr, FromTable, FunctionArg,
-    FunctionArgExpr, FunctionArguments, Ident, ObjectName, ObjectNamePart, ObjectType, Query,
-    Reset, Select, SelectItem, Set, Statement, TableFactor, TableObject, TableWithJoins,
-    UtilityOption, Value, Visit, Visitor,
+    AlterTableOperation, CopyTarget, Expr, FromTable, FunctionArg, FunctionArgExpr,
+    FunctionArguments, Ident, ObjectName, ObjectNamePart, ObjectType, Query, Reset, Select, Set,
+    Statement, TableFactor, TableObject, UtilityOption, Value, Visit, Visitor,
 };
 
 use super::exposure::{expose, projection_exposures, Scope};

@@ -14,10 +14,12 @@
 
 pub mod actions;
 pub mod cli;
+pub mod live;
 pub mod matcher;
 pub mod router;
 
 pub use actions::{ActionEnv, Outcome};
+pub use live::{LiveGuard, LiveSessions};
 pub use matcher::{event_kinds, matching, payload, route_matches};
 pub use router::{dry_run, run, DryRun};
 

@@ -55,6 +55,8 @@ pub struct Shared {
     pub approvals: crate::approvals::Approvals,
     /// Counters and gauges for `/metrics` (gateways bump sessions and bytes).
     pub metrics: Arc<crate::admin::Metrics>,
+    /// Live tunnel sessions by session id (event routes' `close_session`).
+    pub live: crate::events::LiveSessions,
     /// IdP verifier built for the policy version it came from.
     idp: Mutex<Option<(u64, Arc<IdpVerifier>)>>,
 }
@@ -242,6 +244,7 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
         pg_cancel: Default::default(),
         approvals,
         metrics: Default::default(),
+        live: Default::default(),
         cfg,
     });
     let _ = audit

@@ -373,3 +373,48 @@ async fn shell_exec_signals_env_recording_and_known_hosts() {
     assert!(out(&keygen).contains(&fp), "{}", out(&keygen));
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_channels_share_one_connection() {
+    let gw = gateway("").await;
+    let sock = gw.tmp.path().join("control");
+    let control = format!("ControlPath={}", sock.display());
+    let mut master = gw
+        .ssh()
+        .args(["-N", "-o", "ControlMaster=yes", "-o", &control])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        e2e::eventually(Duration::from_secs(10), || sock.exists()).await,
+        "the control socket never appeared"
+    );
+    // Three commands at once over the one connection, one of them slow.
+    let mut children: Vec<_> = ["sleep 1; echo slow", "echo a", "echo b"]
+        .iter()
+        .map(|cmd| {
+            gw.ssh()
+                .args(["-o", "ControlMaster=no", "-o", &control])
+                .arg(cmd)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let fast = children.split_off(1);
+    for (c, want) in fast.into_iter().zip(["a\n", "b\n"]) {
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(out(&o), want);
+    }
+    let o = children.pop().unwrap().wait_with_output().unwrap();
+    assert_eq!(out(&o), "slow\n");
+    let _ = master.kill();
+    let _ = master.wait();
+    // One tunnel session carried all three exec channels.
+    let execs = gw.audit(AuditKind::SshExec).await;
+    let sessions: std::collections::BTreeSet<_> =
+        execs.iter().map(|r| r.record.session_id.clone()).collect();
+    assert_eq!(execs.len(), 3, "{execs:#?}");
+    assert_eq!(sessions.len(), 1, "{execs:#?}");
+    gw.stop().await;
+}

@@ -74,7 +74,7 @@ mod tests {
     #[test]
     fn error_response_bytes() {
         let e = error_response("28000", "no");
-        assert_eq!(e, b"E\0\0\0\x1fSFATAL\0VFATAL\0C28000\0Mno\0\0".to_vec());
+        assert_eq!(e, b"E\0\0\0\x1eSFATAL\0VFATAL\0C28000\0Mno\0\0".to_vec());
     }
 
     #[tokio::test]

@@ -116,6 +116,7 @@ pub fn spawn_all(
     let env = ActionEnv {
         secrets: shared.secrets.clone(),
         sessions: shared.sessions.clone(),
+        live: shared.live.clone(),
         db_path: shared.audit.db_path().to_path_buf(),
         runbook_dir: settings.runbook_dir.clone(),
     };

@@ -260,7 +260,16 @@ fn details(r: &AuditRecord) -> String {
         parts.push(format!("reason={}", sanitize(&format!("{reason:?}"))));
     }
     if let Some(d) = &r.detail {
-        parts.push(format!("detail={}", sanitize(&d.to_string())));
+        if r.kind == AuditKind::AuditCheckpoint {
+            // The signature is long and says nothing to a reader; `--json` has it.
+            let covers = d
+                .get("seq")
+                .and_then(serde_json::Value::as_i64)
+                .unwrap_or(0);
+            parts.push(format!("signed checkpoint of seq {covers}"));
+        } else {
+            parts.push(format!("detail={}", sanitize(&d.to_string())));
+        }
     }
     parts.join(" ")
 }

@@ -155,3 +155,109 @@ impl RawAuditSettings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(kind: &str) -> RawSink {
+        RawSink {
+            name: "siem".into(),
+            kind: kind.into(),
+            address: Some("siem.example.com:6514".into()),
+            url: Some("https://ingest.example.com/audit".into()),
+            tls: None,
+            ca_file: Some("ca.pem".into()),
+            server_name: None,
+            token_secret: Some("tok".into()),
+            facility: None,
+            hostname: Some("gw1".into()),
+            settle: None,
+            batch_size: None,
+            timeout: None,
+            backoff_max: Some("5s".into()),
+            fail_after: None,
+        }
+    }
+
+    #[test]
+    fn settings_validate_with_defaults_and_name_what_is_wrong() {
+        let base = Path::new("/etc/appliance");
+        let s = RawAuditSettings {
+            admin_listen: Some("127.0.0.1:9090".into()),
+            audit_mode: Some("strict".into()),
+            audit_retention_max_bytes: Some("2GiB".into()),
+            audit_sink: vec![sink("syslog")],
+            runbook_dir: Some("runbooks".into()),
+            ..Default::default()
+        }
+        .validate(base)
+        .unwrap();
+        assert_eq!(s.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(s.default_mode, AuditMode::Strict);
+        assert_eq!(s.retention.max_bytes, Some(2 << 30));
+        assert_eq!(s.retention.sinks, vec!["siem".to_string()]);
+        assert_eq!(
+            s.runbook_dir,
+            Some(PathBuf::from("/etc/appliance/runbooks"))
+        );
+        assert_eq!(
+            s.sinks[0].ca_file,
+            Some(PathBuf::from("/etc/appliance/ca.pem"))
+        );
+        assert_eq!(s.sinks[0].backoff_max, Duration::from_secs(5));
+        assert!(matches!(
+            s.sinks[0].kind,
+            super::super::ship::SinkKind::Syslog {
+                tls: true,
+                facility: 13,
+                ..
+            }
+        ));
+        assert!(RawAuditSettings::default()
+            .validate(base)
+            .unwrap()
+            .admin_listen
+            .is_none());
+        for (raw, needle) in [
+            (
+                RawAuditSettings {
+                    audit_sink: vec![sink("kafka")],
+                    ..Default::default()
+                },
+                "kafka",
+            ),
+            (
+                RawAuditSettings {
+                    audit_sink: vec![sink("http"), sink("http")],
+                    ..Default::default()
+                },
+                "twice",
+            ),
+            (
+                RawAuditSettings {
+                    audit_mode: Some("eventual".into()),
+                    ..Default::default()
+                },
+                "audit_mode",
+            ),
+            (
+                RawAuditSettings {
+                    admin_listen: Some("9090".into()),
+                    ..Default::default()
+                },
+                "admin_listen",
+            ),
+            (
+                RawAuditSettings {
+                    audit_disk_threshold: Some("lots".into()),
+                    ..Default::default()
+                },
+                "audit_disk_threshold",
+            ),
+        ] {
+            let err = raw.validate(base).unwrap_err();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+}

@@ -29,6 +29,8 @@ pub const MAX_OUTPUT: usize = 16 * 1024;
 pub struct ActionEnv {
     pub secrets: SecretStore,
     pub sessions: SessionRegistry,
+    /// Live sessions by id (`close_session`).
+    pub live: super::LiveSessions,
     pub db_path: PathBuf,
     pub runbook_dir: Option<PathBuf>,
 }
@@ -278,18 +280,35 @@ async fn command(
 }
 
 fn close_session(env: &ActionEnv, rec: &StoredRecord) -> Outcome {
-    let Some(user) = rec.record.user.as_deref() else {
-        return Outcome {
+    const WHY: &str = "closed by an event route";
+    let user = rec.record.user.as_deref();
+    match (rec.record.session_id.as_deref(), user) {
+        (Some(id), _) => {
+            let closed = env.live.close(id, WHY);
+            Outcome {
+                ok: true,
+                reason: if closed {
+                    format!("session {id} closed")
+                } else {
+                    format!("session {id} had already ended")
+                },
+                detail: json!({ "session": id, "closed": u8::from(closed), "user": user }),
+            }
+        }
+        // An event without a session (login, token, policy...): the person's sessions.
+        (None, Some(user)) => {
+            let n = env.sessions.close_user(user, WHY);
+            Outcome {
+                ok: true,
+                reason: format!("{n} live session(s) of {user} closed"),
+                detail: json!({ "user": user, "closed": n }),
+            }
+        }
+        (None, None) => Outcome {
             ok: false,
-            reason: "the event names no user".into(),
+            reason: "the event names no session and no user".into(),
             detail: json!({}),
-        };
-    };
-    let n = env.sessions.close_user(user, "closed by an event route");
-    Outcome {
-        ok: true,
-        reason: format!("{n} live session(s) of {user} closed"),
-        detail: json!({ "user": user, "closed": n, "session": rec.record.session_id }),
+        },
     }
 }
 

@@ -199,14 +199,20 @@ pub async fn run(
             for (route, event) in matched {
                 let payload = matcher::payload(route, &event, &rec);
                 for (i, action) in route.actions.iter().enumerate() {
-                    // Waits when `concurrency` actions are running: the router
-                    // lags, sessions never notice.
-                    let permit = tokio::select! {
-                        p = permits.clone().acquire_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => return,
-                        },
-                        _ = shutdown.cancelled() => return,
+                    // Webhooks and runbooks wait when `concurrency` of them run:
+                    // the router lags, sessions never notice. Local actions
+                    // (close_session, revoke_identity) never queue behind them.
+                    let slow = matches!(action, Action::Webhook { .. } | Action::Command { .. });
+                    let permit = if slow {
+                        tokio::select! {
+                            p = permits.clone().acquire_owned() => match p {
+                                Ok(p) => Some(p),
+                                Err(_) => return,
+                            },
+                            _ = shutdown.cancelled() => return,
+                        }
+                    } else {
+                        None
                     };
                     let (env, audit, metrics) = (env.clone(), audit.clone(), metrics.clone());
                     let (route_name, event, action, rec, payload) = (
@@ -216,8 +222,13 @@ pub async fn run(
                         rec.clone(),
                         payload.clone(),
                     );
+                    let stop = shutdown.clone();
                     tokio::spawn(async move {
-                        let o = actions::run(&env, &action, &route_name, i, &rec, &payload).await;
+                        // Shutdown does not wait for a slow webhook or runbook.
+                        let o = tokio::select! {
+                            o = actions::run(&env, &action, &route_name, i, &rec, &payload) => o,
+                            _ = stop.cancelled() => return,
+                        };
                         drop(permit);
                         metrics.action(actions::action_name(&action), o.ok);
                         if !o.ok {

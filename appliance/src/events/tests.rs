@@ -156,6 +156,7 @@ fn env(dir: &std::path::Path) -> ActionEnv {
     ActionEnv {
         secrets: Default::default(),
         sessions: Default::default(),
+        live: Default::default(),
         db_path: dir.join("appliance.db"),
         runbook_dir: Some(dir.to_path_buf()),
     }

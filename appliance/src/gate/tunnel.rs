@@ -146,6 +146,12 @@ pub(super) async fn serve_admitted(
         close_reason: guard.reason_handle(),
     };
     tracing::info!(user = %ctx.identity.user, connection = %ctx.connection.name, session = %ctx.session_id, %peer, "session start");
+    // Registered first, so an event route can close it as soon as it is audited.
+    let _live = shared.live.register(
+        &ctx.session_id,
+        ctx.cancel.clone(),
+        ctx.close_reason.clone(),
+    );
     // Strict audit mode: no byte reaches the upstream before this is durable.
     if let Err(e) = shared
         .audit

@@ -38,7 +38,8 @@ async fn routes_fire_signed_webhooks_and_runbooks_and_a_hanging_webhook_delays_n
     let routes = format!(
         "\n[[route]]\nname = \"hang-first\"\non = [\"session_start\"]\nactions = [{{ type = \"webhook\", url = \"{}\", timeout = \"1s\", retries = 0 }}]\n\n\
          [[route]]\nname = \"notify\"\non = [\"session_start\"]\nusers = [\"bob@example.com\"]\n\
-         actions = [{{ type = \"webhook\", url = \"{}\", secret = \"hook_key\" }}, {{ type = \"command\", runbook = \"record.sh\", timeout = \"5s\" }}]\n",
+         actions = [{{ type = \"webhook\", url = \"{}\", secret = \"hook_key\" }}, {{ type = \"command\", runbook = \"record.sh\", timeout = \"5s\" }}]\n\n\
+         [[route]]\nname = \"eject-carl\"\non = [\"session_start\"]\nusers = [\"carl@example.com\"]\nactions = [{{ type = \"close_session\" }}]\n",
         hang.url("/slow"),
         hook.url("/hook")
     );
@@ -49,7 +50,7 @@ async fn routes_fire_signed_webhooks_and_runbooks_and_a_hanging_webhook_delays_n
                 "echo",
                 &upstream.to_string(),
                 &[7],
-                &["bob@example.com"],
+                &["bob@example.com", "carl@example.com"],
                 &[],
             ),
         ) + &routes),
@@ -79,6 +80,22 @@ async fn routes_fire_signed_webhooks_and_runbooks_and_a_hanging_webhook_delays_n
             t.elapsed()
         );
     }
+    // close_session closes exactly the session the event came from.
+    let carl = app.token("carl@example.com");
+    let mut bob_live = client.open_tunnel(&token, "echo", 7).await.expect("tunnel");
+    let mut s = client.open_tunnel(&carl, "echo", 7).await.expect("tunnel");
+    let mut b = [0u8; 4];
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "carl's session was closed: {r:?}"
+    );
+    bob_live
+        .write_all(b"ping")
+        .await
+        .expect("bob's session is untouched");
+    bob_live.read_exact(&mut b).await.expect("echo");
+    drop(bob_live);
     assert!(
         e2e::eventually(Duration::from_secs(10), || hook
             .received
@@ -132,24 +149,39 @@ async fn routes_fire_signed_webhooks_and_runbooks_and_a_hanging_webhook_delays_n
         )
         .unwrap_or_default()
     };
+    let ran_runbook = |all: &[audit::StoredRecord]| {
+        all.iter().any(|a| {
+            a.record.detail.as_ref().is_some_and(|d| {
+                d["action"] == "command" && d["stdout"] == "recorded session_start\n"
+            })
+        })
+    };
+    let hang_timed_out = |all: &[audit::StoredRecord]| {
+        all.iter().any(|a| {
+            a.record.outcome.as_deref() == Some("error")
+                && a.record
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("timed out"))
+        })
+    };
+    let closed_carl = |all: &[audit::StoredRecord]| {
+        all.iter().any(|a| {
+            a.record
+                .detail
+                .as_ref()
+                .is_some_and(|d| d["action"] == "close_session" && d["closed"] == 1)
+        })
+    };
     assert!(
-        e2e::eventually(Duration::from_secs(10), || actions().len() >= 6).await,
-        "{:?}",
+        e2e::eventually(Duration::from_secs(10), || {
+            let all = actions();
+            ran_runbook(&all) && hang_timed_out(&all) && closed_carl(&all)
+        })
+        .await,
+        "{:#?}",
         actions()
     );
-    let all = actions();
-    assert!(all.iter().any(|a| a
-        .record
-        .detail
-        .as_ref()
-        .is_some_and(|d| d["action"] == "command" && d["stdout"] == "recorded session_start\n")));
-    assert!(all
-        .iter()
-        .any(|a| a.record.outcome.as_deref() == Some("error")
-            && a.record
-                .reason
-                .as_deref()
-                .is_some_and(|r| r.contains("timed out"))));
     // The dry run shows the same plan.
     let sample = app.dir.path().join("event.json");
     std::fs::write(&sample, body["record"].to_string()).expect("sample");
@@ -177,7 +209,7 @@ async fn routes_fire_signed_webhooks_and_runbooks_and_a_hanging_webhook_delays_n
     assert!(
         started
             .iter()
-            .any(|(l, v)| l.get("kind").is_some_and(|k| k == "tcp") && *v == 2.0),
+            .any(|(l, v)| l.get("kind").is_some_and(|k| k == "tcp") && *v == 4.0),
         "{started:?}"
     );
     let failures = &m["appliance_event_action_failures_total"];

@@ -78,15 +78,25 @@ async fn sinks_deliver_every_record_once_across_outages_and_a_restart() {
             .get("content-encoding")
             .is_some_and(|v| v == "gzip")));
     }
-    // The outage was reported, and the recovery too.
-    let failing = audit::query(
-        &app.db(),
-        &AuditFilter {
-            kind: Some(AuditKind::AuditSinkFailing),
-            ..Default::default()
-        },
-    )
-    .expect("query");
+    // The outage was reported, and the recovery too (once the first batch
+    // after it settled).
+    let sink_records = || {
+        audit::query(
+            &app.db(),
+            &AuditFilter {
+                kind: Some(AuditKind::AuditSinkFailing),
+                ..Default::default()
+            },
+        )
+        .expect("query")
+    };
+    e2e::eventually(Duration::from_secs(10), || {
+        sink_records()
+            .iter()
+            .any(|r| r.record.outcome.as_deref() == Some("recovered"))
+    })
+    .await;
+    let failing = sink_records();
     let outcomes: Vec<(String, String)> = failing
         .iter()
         .map(|r| {

@@ -451,17 +451,18 @@ fn find_iban(v: &[u8], from: usize) -> Option<(usize, usize)> {
     let mut i = from;
     while i + 4 <= v.len() {
         let head = &v[i..i + 4];
+        // Cheap shape test first; the country table only for candidates.
         let starts = head[0].is_ascii_uppercase()
             && head[1].is_ascii_uppercase()
             && head[2].is_ascii_digit()
             && head[3].is_ascii_digit()
             && (i == 0 || !v[i - 1].is_ascii_alphanumeric());
-        let len = IBAN_LENGTHS
-            .iter()
-            .find(|(c, _)| c[..] == head[..2])
-            .map(|(_, l)| usize::from(*l));
-        if let (true, Some(len)) = (starts, len) {
-            if let Some(end) = iban_end(v, i, len) {
+        if starts {
+            let len = IBAN_LENGTHS
+                .iter()
+                .find(|(c, _)| c[..] == head[..2])
+                .map(|(_, l)| usize::from(*l));
+            if let Some(end) = len.and_then(|len| iban_end(v, i, len)) {
                 return Some((i, end));
             }
         }

@@ -335,6 +335,8 @@ fn connections(req: &Request<Incoming>, shared: &Shared) -> Reply {
 
 /// The caller's identity from `Authorization: Bearer <session token>`, or the
 /// reply refusing it (missing, expired, invalid, revoked).
+// The Err is the HTTP reply itself, handed straight back to hyper.
+#[allow(clippy::result_large_err)]
 fn bearer_identity(
     req: &Request<Incoming>,
     shared: &Shared,

@@ -335,7 +335,7 @@ async fn the_password_never_reaches_the_laptop_and_bad_input_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_killed_mid_query_gives_the_client_an_error() {
     let p = PgPath::start("", PASSWORD).await;
-    let mut child = std::process::Command::new("psql")
+    let child = std::process::Command::new("psql")
         .env("PGPASSFILE", "/nonexistent/pgpass")
         .arg(p.conninfo("whoever", "postgres"))
         .args(["-X", "-c", "select pg_sleep(30)"])

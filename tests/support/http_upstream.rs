@@ -349,6 +349,8 @@ impl Nginx {
         let conf = format!(
             r#"{user}
 daemon off;
+# One process: killing it (kill_on_drop) leaves no orphaned worker behind.
+master_process off;
 worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;

@@ -360,6 +360,48 @@ impl PreparedStatements {
     }
 }
 
+/// Recently classified texts of one session, keyed by exact text and
+/// options: classification is a pure function of both, so a repeated text
+/// (`BEGIN`, `COMMIT`, health checks, an application's fixed statements)
+/// costs a hash lookup instead of a parse. Bounded; oldest entries leave
+/// first. Texts longer than [`ClassifyCache::MAX_TEXT`] are not kept.
+#[derive(Debug, Clone, Default)]
+pub struct ClassifyCache {
+    map: HashMap<(bool, Box<str>), std::sync::Arc<Classification>>,
+    order: std::collections::VecDeque<(bool, Box<str>)>,
+}
+
+impl ClassifyCache {
+    /// Entries kept.
+    pub const CAPACITY: usize = 256;
+    /// Longest text kept, in bytes.
+    pub const MAX_TEXT: usize = 4096;
+
+    /// The classification of `sql`, from the cache or computed (and kept).
+    pub fn classify(
+        &mut self,
+        sql: &str,
+        opts: &ClassifyOptions,
+    ) -> std::sync::Arc<Classification> {
+        let scs = opts.standard_conforming_strings;
+        let key = (scs, Box::<str>::from(sql));
+        if let Some(c) = self.map.get(&key) {
+            return c.clone();
+        }
+        let c = std::sync::Arc::new(classify_with(sql, opts));
+        if sql.len() <= Self::MAX_TEXT && opts.max_bytes >= Self::MAX_TEXT {
+            if self.order.len() >= Self::CAPACITY {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+            self.order.push_back(key.clone());
+            self.map.insert(key, c.clone());
+        }
+        c
+    }
+}
+
 /// Nanoseconds per classification of `sql`, averaged over `iterations`
 /// (a benchmark hook for bench/RESULTS.md; measures, asserts nothing).
 pub fn bench_classify_ns(sql: &str, iterations: u32) -> f64 {

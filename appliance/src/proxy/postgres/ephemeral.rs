@@ -59,7 +59,7 @@ pub fn role_name(user: &str) -> Result<String, PgError> {
         .take(40)
         .collect();
     if base.is_empty() || base.starts_with(|c: char| c.is_ascii_digit()) {
-        base.insert_str(0, "u");
+        base.insert(0, 'u');
     }
     let suffix = random_string(
         4,

@@ -28,26 +28,26 @@ pub(super) fn pieces(sql: &str, opts: &ClassifyOptions) -> Result<Vec<Piece>, St
             "a plain string holds a backslash while standard_conforming_strings is off".into(),
         );
     }
+    let dialect = PostgreSqlDialect {};
     let mut out = Vec::new();
     for piece in split(tokens) {
-        if let Some(reason) = too_deep(&piece) {
+        let scan = Prescan::of(&piece);
+        if let Some(reason) = scan.too_deep {
             out.push(Piece::Unparsed(reason));
             continue;
         }
-        let words = leading_words(&piece);
-        let program = piece
-            .iter()
-            .any(|t| matches!(&t.token, Token::Word(w) if w.keyword == Keyword::PROGRAM && w.quote_style.is_none()));
-        let dialect = PostgreSqlDialect {};
         match Parser::new(&dialect)
             .with_tokens_with_locations(piece)
             .parse_statements()
         {
             Ok(statements) => out.push(Piece::Parsed(statements)),
-            Err(e) => match fallback(&words, program) {
-                Some(classes) => out.push(Piece::Fallback(classes)),
-                None => out.push(Piece::Unparsed(e.to_string())),
-            },
+            Err(e) => {
+                let words = scan.words.each_ref().map(LeadWord::as_str);
+                match fallback(&words, scan.program) {
+                    Some(classes) => out.push(Piece::Fallback(classes)),
+                    None => out.push(Piece::Unparsed(e.to_string())),
+                }
+            }
         }
     }
     Ok(out)
@@ -62,10 +62,17 @@ fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, String> {
             .tokenize_with_location()
             .map_err(|e| e.to_string())
     };
-    let mut out = Vec::new();
+    let first = run(sql)?;
+    if !first
+        .iter()
+        .any(|t| matches!(t.token, Token::CopyData { .. }))
+    {
+        return Ok(first);
+    }
+    let mut out = Vec::with_capacity(first.len());
     // A stack of token streams: inline data found in one is tokenized and
     // read before the rest of it.
-    let mut work = vec![run(sql)?.into_iter()];
+    let mut work = vec![first.into_iter()];
     while let Some(iter) = work.last_mut() {
         let Some(t) = iter.next() else {
             work.pop();
@@ -98,69 +105,123 @@ fn has_backslash_string(tokens: &[TokenWithSpan]) -> bool {
 }
 
 /// Splits at `;` outside parentheses; drops statements with no tokens but
-/// whitespace and comments.
-fn split(tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
-    let mut out = Vec::new();
-    let mut cur: Vec<TokenWithSpan> = Vec::new();
+/// whitespace and comments. Each token moves at most once.
+fn split(mut tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
+    let mut cuts = Vec::new();
     let mut depth = 0usize;
-    let mut empty = true;
-    for t in tokens {
+    for (i, t) in tokens.iter().enumerate() {
         match t.token {
             Token::LParen => depth += 1,
             Token::RParen => depth = depth.saturating_sub(1),
-            Token::SemiColon if depth == 0 => {
-                if !empty {
-                    out.push(std::mem::take(&mut cur));
-                }
-                cur.clear();
-                empty = true;
-                continue;
-            }
-            Token::Whitespace(_) => {}
-            _ => empty = false,
-        }
-        cur.push(t);
-    }
-    if !empty {
-        out.push(cur);
-    }
-    out
-}
-
-/// Bounds what the parser, the tree walk and the drop of the tree recurse
-/// into: runs of operators at one parenthesis level, and the nesting depth.
-fn too_deep(tokens: &[TokenWithSpan]) -> Option<String> {
-    let mut runs: Vec<usize> = vec![0];
-    for t in tokens {
-        match &t.token {
-            Token::LParen | Token::LBracket | Token::LBrace => {
-                runs.push(0);
-                if runs.len() > MAX_PAREN_DEPTH {
-                    return Some(format!("nested deeper than {MAX_PAREN_DEPTH} parentheses"));
-                }
-            }
-            Token::RParen | Token::RBracket | Token::RBrace if runs.len() > 1 => {
-                runs.pop();
-            }
-            Token::Comma => {
-                if let Some(r) = runs.last_mut() {
-                    *r = 0;
-                }
-            }
-            other if is_operator(other) => {
-                if let Some(r) = runs.last_mut() {
-                    *r += 1;
-                    if *r > MAX_EXPRESSION_RUN {
-                        return Some(format!(
-                            "expression with more than {MAX_EXPRESSION_RUN} chained operators"
-                        ));
-                    }
-                }
-            }
+            Token::SemiColon if depth == 0 => cuts.push(i),
             _ => {}
         }
     }
-    None
+    let blank = |p: &[TokenWithSpan]| p.iter().all(|t| matches!(t.token, Token::Whitespace(_)));
+    let mut out = Vec::with_capacity(cuts.len() + 1);
+    for &cut in cuts.iter().rev() {
+        let tail = tokens.split_off(cut + 1);
+        tokens.truncate(cut);
+        if !blank(&tail) {
+            out.push(tail);
+        }
+    }
+    if !blank(&tokens) {
+        out.push(tokens);
+    }
+    out.reverse();
+    out
+}
+
+/// One pass over a statement's tokens before parsing.
+struct Prescan {
+    /// Why the statement is too deep to parse safely.
+    too_deep: Option<String>,
+    /// The unquoted word PROGRAM appears (COPY fallback).
+    program: bool,
+    /// The first four tokens as upper-case words (empty: not a plain word).
+    words: [LeadWord; 4],
+}
+
+impl Prescan {
+    /// Bounds what the parser, the tree walk and the drop of the tree
+    /// recurse into: runs of operators at one parenthesis level (reset by
+    /// commas), and the nesting depth.
+    fn of(tokens: &[TokenWithSpan]) -> Prescan {
+        let mut scan = Prescan {
+            too_deep: None,
+            program: false,
+            words: Default::default(),
+        };
+        let mut runs: Vec<usize> = vec![0];
+        let mut lead = 0;
+        for t in tokens {
+            if lead < scan.words.len() && !matches!(t.token, Token::Whitespace(_)) {
+                scan.words[lead] = LeadWord::of(&t.token);
+                lead += 1;
+            }
+            match &t.token {
+                Token::LParen | Token::LBracket | Token::LBrace => {
+                    runs.push(0);
+                    if runs.len() > MAX_PAREN_DEPTH {
+                        scan.too_deep =
+                            Some(format!("nested deeper than {MAX_PAREN_DEPTH} parentheses"));
+                        return scan;
+                    }
+                }
+                Token::RParen | Token::RBracket | Token::RBrace if runs.len() > 1 => {
+                    runs.pop();
+                }
+                Token::Comma => {
+                    if let Some(r) = runs.last_mut() {
+                        *r = 0;
+                    }
+                }
+                Token::Word(w) if w.keyword == Keyword::PROGRAM && w.quote_style.is_none() => {
+                    scan.program = true;
+                }
+                other if is_operator(other) => {
+                    if let Some(r) = runs.last_mut() {
+                        *r += 1;
+                        if *r > MAX_EXPRESSION_RUN {
+                            scan.too_deep = Some(format!(
+                                "expression with more than {MAX_EXPRESSION_RUN} chained operators"
+                            ));
+                            return scan;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        scan
+    }
+}
+
+/// A short unquoted ASCII word, upper-cased, kept without allocating.
+#[derive(Default)]
+struct LeadWord {
+    buf: [u8; 24],
+    len: usize,
+}
+
+impl LeadWord {
+    fn of(t: &Token) -> LeadWord {
+        let mut w = LeadWord::default();
+        if let Token::Word(word) = t {
+            let v = word.value.as_bytes();
+            if word.quote_style.is_none() && v.len() <= w.buf.len() && v.is_ascii() {
+                w.buf[..v.len()].copy_from_slice(v);
+                w.buf[..v.len()].make_ascii_uppercase();
+                w.len = v.len();
+            }
+        }
+        w
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
 }
 
 /// Tokens that may join two operands (and so deepen the expression tree).
@@ -214,24 +275,11 @@ fn is_literal(t: &Token) -> bool {
     )
 }
 
-/// Up to four leading words, upper-cased; quoted identifiers do not count.
-fn leading_words(tokens: &[TokenWithSpan]) -> Vec<String> {
-    tokens
-        .iter()
-        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
-        .take(4)
-        .map(|t| match &t.token {
-            Token::Word(w) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
-            _ => String::new(),
-        })
-        .collect()
-}
-
 /// Statements the parser does not read whose effect the leading keywords
 /// fix, whatever follows. Everything else stays `unparsed`.
-fn fallback(words: &[String], program: bool) -> Option<BTreeSet<StatementClass>> {
+fn fallback(words: &[&str], program: bool) -> Option<BTreeSet<StatementClass>> {
     use StatementClass::*;
-    let w = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    let w = |i: usize| words.get(i).copied().unwrap_or("");
     // CREATE [OR REPLACE] [CONSTRAINT | EVENT] <what>
     let create_what = {
         let mut i = 1;
@@ -263,9 +311,7 @@ fn fallback(words: &[String], program: bool) -> Option<BTreeSet<StatementClass>>
         ("BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT", _)
         | ("SAVEPOINT" | "RELEASE", _) => &[Transaction],
         ("SET" | "RESET", "ROLE" | "SESSION" | "LOCAL")
-            if words
-                .iter()
-                .any(|x| matches!(x.as_str(), "ROLE" | "AUTHORIZATION")) =>
+            if words.iter().any(|x| matches!(*x, "ROLE" | "AUTHORIZATION")) =>
         {
             &[RoleSwitch]
         }

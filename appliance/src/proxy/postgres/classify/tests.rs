@@ -281,9 +281,43 @@ fn bench_classification() {
     long.push_str("false");
     let n_short = bench_classify_ns(short, 20_000);
     let n_long = bench_classify_ns(&long, 500);
+    let mut cache = ClassifyCache::default();
+    let opts = ClassifyOptions::default();
+    let start = std::time::Instant::now();
+    for _ in 0..200_000 {
+        std::hint::black_box(cache.classify(std::hint::black_box(short), &opts));
+    }
+    let n_cached = start.elapsed().as_nanos() as f64 / 200_000.0;
+    println!("classify short, cached: {n_cached:.0} ns");
     println!(
         "classify short ({} B): {n_short:.0} ns; 10 KB ({} B): {n_long:.0} ns",
         short.len(),
         long.len()
     );
+}
+
+#[test]
+fn cache_returns_the_same_classification() {
+    let mut cache = ClassifyCache::default();
+    let opts = ClassifyOptions::default();
+    let a = cache.classify("BEGIN", &opts);
+    let b = cache.classify("BEGIN", &opts);
+    assert!(std::sync::Arc::ptr_eq(&a, &b));
+    assert_eq!(*a, classify("BEGIN"));
+    let off = ClassifyOptions {
+        standard_conforming_strings: false,
+        ..opts
+    };
+    assert_eq!(
+        names(&cache.classify("SELECT 'a\\'", &off).classes),
+        "unparsed"
+    );
+    assert_eq!(
+        names(&cache.classify("SELECT 'a\\'", &opts).classes),
+        "read"
+    );
+    for i in 0..ClassifyCache::CAPACITY + 10 {
+        cache.classify(&format!("SELECT {i}"), &opts);
+    }
+    assert!(!std::sync::Arc::ptr_eq(&a, &cache.classify("BEGIN", &opts)));
 }

@@ -791,3 +791,29 @@ async fn md5_cleartext_and_trust_upstreams() {
     tl.stop().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_audit_records_a_statement_before_it_is_forwarded() {
+    let p = PgPath::start("\n[audit]\nmode = \"strict\"\n", PASSWORD).await;
+    let out = p.psql(&["-A", "-t", "-c", "select 'strictly audited'"]);
+    assert!(text(&out).contains("strictly audited"), "{}", text(&out));
+    let records = p.app.audit(Some(AuditKind::Statement)).await;
+    let mine: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r.record
+                .detail
+                .as_ref()
+                .and_then(|d| d["statement"].as_str())
+                == Some("select 'strictly audited'")
+        })
+        .collect();
+    let outcomes: Vec<&str> = mine
+        .iter()
+        .filter_map(|r| r.record.outcome.as_deref())
+        .collect();
+    assert_eq!(outcomes, vec!["forwarded", "ok"], "{mine:#?}");
+    assert!(mine[0].seq < mine[1].seq);
+    p.tl.stop().await;
+    p.app.stop().await;
+}

@@ -357,6 +357,7 @@ async fn run_relay(
         ctx,
         notices: notice_tx,
         cancelled: hold_cancel,
+        database: database.to_string(),
     };
     let (mut cr, mut cw): (ReadHalf<TunnelStream>, WriteHalf<TunnelStream>) =
         tokio::io::split(client);

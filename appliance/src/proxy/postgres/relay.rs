@@ -238,6 +238,47 @@ pub struct UpControls<'a> {
     pub notices: tokio::sync::mpsc::Sender<Vec<u8>>,
     /// Fires when the client sends a CancelRequest for this session.
     pub cancelled: std::sync::Arc<tokio::sync::Notify>,
+    /// For the strict-mode record written before a statement is forwarded.
+    pub database: String,
+}
+
+/// Strict audit mode: the record that must be durable before a Query,
+/// Parse or Execute goes upstream. `None` when nothing needs recording.
+fn forwarded_record(
+    up: &UpControls<'_>,
+    tag: u8,
+    body: &[u8],
+) -> Option<crate::audit::AuditRecord> {
+    use crate::audit::AuditMode;
+    if up.ctx.shared.audit.mode().0 != AuditMode::Strict {
+        return None;
+    }
+    let (protocol, field, value) = match tag {
+        frontend::QUERY_TAG => (
+            "simple",
+            "statement",
+            frontend::Query::parse(body).ok()?.sql.to_string(),
+        ),
+        frontend::PARSE_TAG => (
+            "prepare",
+            "statement",
+            frontend::Parse::parse(body).ok()?.query.to_string(),
+        ),
+        frontend::EXECUTE_TAG => (
+            "execute",
+            "portal",
+            frontend::Execute::parse(body).ok()?.portal.to_string(),
+        ),
+        _ => return None,
+    };
+    let mut detail = serde_json::json!({ "database": up.database, "protocol": protocol });
+    detail[field] = serde_json::Value::from(&*super::tracker::audit_text(&value));
+    Some(
+        up.ctx
+            .audit_record(crate::audit::AuditKind::Statement)
+            .outcome("forwarded")
+            .detail(detail),
+    )
 }
 
 /// Why a refused statement did not run, for its audit record.
@@ -413,6 +454,21 @@ where
                     at += total;
                     start = at;
                     continue;
+                }
+            }
+            if let Some(rec) = forwarded_record(up, tag, &buf[body_range.clone()]) {
+                // Strict mode: what precedes goes now; this frame only once
+                // its record is durable.
+                if at > start {
+                    if let Err(e) = w.write_all(&buf[start..at]).await {
+                        return Stop::Io(e);
+                    }
+                    shared.count(dir, at - start);
+                    start = at;
+                }
+                if up.ctx.shared.audit.record_durable(rec).await.is_err() {
+                    tracing::error!("audit writer gone in strict mode; closing the session");
+                    return Stop::Closed;
                 }
             }
             if tag == frontend::CLOSE_TAG {

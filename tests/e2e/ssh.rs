@@ -411,7 +411,14 @@ async fn several_channels_share_one_connection() {
     let _ = master.kill();
     let _ = master.wait();
     // One tunnel session carried all three exec channels.
-    let execs = gw.audit(AuditKind::SshExec).await;
+    let mut execs = gw.audit(AuditKind::SshExec).await;
+    for _ in 0..50 {
+        if execs.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        execs = gw.audit(AuditKind::SshExec).await;
+    }
     let sessions: std::collections::BTreeSet<_> =
         execs.iter().map(|r| r.record.session_id.clone()).collect();
     assert_eq!(execs.len(), 3, "{execs:#?}");

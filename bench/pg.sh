@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# PostgreSQL gateway benchmark: pgbench select-only (-S), -M prepared and
+# TPC-B-like, -c 8 -j 2, scale 10, through
+#   (a) direct                      pgbench -> PostgreSQL
+#   (b) PgBouncer, session mode     pgbench -> pgbouncer -> PostgreSQL
+#   (c) the appliance alone         pgbench -> appliance (plain bench listener) -> PostgreSQL
+#   (d) the full path               pgbench -> tunnel-lite -> TLS -> appliance -> PostgreSQL
+# interleaved (a b c d a b c d ...) for REPS repetitions, medians, ratios to
+# direct; plus single-connection latency (-c 1) as microseconds added.
+# Writes bench/out/pg.md and bench/out/pg.json (and prints the table).
+#
+#   bench/pg.sh                 # REPS=3 DURATION=10
+#   REPS=1 DURATION=3 bench/pg.sh   # smoke run
+#
+# Builds the binaries with the `bench-quick` profile (release code, no LTO)
+# and the appliance's `bench` feature (the plain listener of setup (c)).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+REPS=${REPS:-3}
+DURATION=${DURATION:-10}
+SCALE=${SCALE:-10}
+
+scripts/install-deps
+cargo build -q --profile bench-quick -p appliance --features bench --bins
+cargo build -q --profile bench-quick -p tunnel-lite --bins
+APPLIANCE=$ROOT/target/bench-quick/appliance
+TUNNEL_LITE=$ROOT/target/bench-quick/tunnel-lite
+
+D=$(mktemp -d /tmp/pg-bench.XXXXXX)
+chmod 755 "$D"
+PIDS=()
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  as_pg "$PG_BIN/pg_ctl" -D "$D/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
+  rm -rf "$D"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+PW=bench-pw
+PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); AP_PORT=$(free_port); PLAIN_PORT=$(free_port); DNS_PORT=$(free_port)
+mkdir -p "$D/pg"; printf '%s' "$PW" > "$D/pg/pw"
+[ "$(id -u)" -eq 0 ] && chown -R postgres: "$D/pg"
+as_pg "$PG_BIN/initdb" -D "$D/pg/data" -U app --pwfile="$D/pg/pw" --auth=scram-sha-256 -E UTF8 --locale=C.UTF-8 -N >/dev/null
+as_pg "$PG_BIN/pg_ctl" -D "$D/pg/data" -l "$D/pg/log" -w \
+  -o "-p $PG_PORT -k $D/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100" start >/dev/null
+PGPASSWORD=$PW pgbench -q -i -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U app postgres >/dev/null 2>&1
+
+# (b) PgBouncer in session mode, with the password it forwards.
+mkdir -p "$D/bouncer"
+printf '"app" "%s"\n' "$PW" > "$D/bouncer/users.txt"
+cat > "$D/bouncer/pgbouncer.ini" <<EOF
+[databases]
+postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres user=app password=$PW
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+auth_type = trust
+auth_file = $D/bouncer/users.txt
+pool_mode = session
+max_client_conn = 100
+default_pool_size = 20
+unix_socket_dir =
+logfile = $D/bouncer/log
+EOF
+[ "$(id -u)" -eq 0 ] && chown -R postgres: "$D/bouncer"
+as_pg pgbouncer "$D/bouncer/pgbouncer.ini" >/dev/null 2>&1 & PIDS+=($!)
+
+# (c) and (d): the appliance with the password in its secret store.
+"$APPLIANCE" policy keygen --out "$D/keys" >/dev/null
+mkdir -p "$D/appliance/policy"
+( umask 077; printf 'pg_password = "%s"\n' "$PW" > "$D/secrets.toml" )
+cat > "$D/appliance.toml" <<EOF
+listen = "127.0.0.1:$AP_PORT"
+data_dir = "appliance"
+trusted_policy_keys = ["keys/policy.pub"]
+secrets_file = "secrets.toml"
+
+[[bench_listener]]
+listen = "127.0.0.1:$PLAIN_PORT"
+target = "pg-bench"
+port = 5432
+user = "bench"
+groups = ["bench"]
+EOF
+cat > "$D/policy.toml" <<EOF
+version = 1
+[identity]
+issuer = "https://idp.bench.invalid"
+audience = "appliance"
+jwks = '{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"b"}]}'
+
+[[connection]]
+name = "pg-bench"
+kind = "postgres"
+upstream = "127.0.0.1:$PG_PORT"
+allow_groups = ["bench"]
+[connection.secrets]
+password = "pg_password"
+[connection.postgres]
+user = "app"
+EOF
+"$APPLIANCE" policy sign --key "$D/keys/policy.key" "$D/policy.toml" >/dev/null
+cp "$D/policy.toml" "$D/policy.toml.minisig" "$D/appliance/policy/"
+"$APPLIANCE" serve --config "$D/appliance.toml" >"$D/appliance.out" 2>"$D/appliance.log" & PIDS+=($!)
+for _ in $(seq 100); do grep -q "TLS fingerprint" "$D/appliance.out" 2>/dev/null && break; sleep 0.1; done
+FP=$("$APPLIANCE" fingerprint --config "$D/appliance.toml")
+"$APPLIANCE" token issue --user bench --groups bench --ttl 2h --config "$D/appliance.toml" > "$D/token"
+export TUNNEL_LITE_CONFIG_DIR=$D/tl
+"$TUNNEL_LITE" login --appliance "127.0.0.1:$AP_PORT" --fingerprint "$FP" --session-token-file "$D/token" >/dev/null
+TUNNEL_LITE_LOG=warn "$TUNNEL_LITE" up --dns-listen "127.0.0.1:$DNS_PORT" 2>"$D/tl.log" & PIDS+=($!)
+for _ in $(seq 100); do ADDR=$(dig +short -p "$DNS_PORT" @127.0.0.1 pg-bench.hoop 2>/dev/null); [ -n "$ADDR" ] && break; sleep 0.1; done
+for _ in $(seq 100); do (echo > "/dev/tcp/$ADDR/5432") 2>/dev/null && break; sleep 0.1; done
+
+declare -A HOST PORT
+HOST[direct]=127.0.0.1; PORT[direct]=$PG_PORT
+HOST[pgbouncer]=127.0.0.1; PORT[pgbouncer]=$BOUNCER_PORT
+HOST[appliance]=127.0.0.1; PORT[appliance]=$PLAIN_PORT
+HOST[full]=$ADDR; PORT[full]=5432
+SETUPS=(direct pgbouncer appliance full)
+
+# workload name -> pgbench arguments
+declare -A ARGS
+ARGS[select_only]="-S -c 8 -j 2"
+ARGS[prepared_select]="-S -M prepared -c 8 -j 2"
+ARGS[tpcb]="-c 8 -j 2"
+ARGS[latency_c1]="-S -c 1 -j 1"
+WORKLOADS=(select_only prepared_select tpcb latency_c1)
+
+RESULTS=$D/results.tsv
+: > "$RESULTS"
+for rep in $(seq "$REPS"); do
+  for w in "${WORKLOADS[@]}"; do
+    for s in "${SETUPS[@]}"; do
+      out=$(PGPASSWORD=$PW pgbench -n -T "$DURATION" ${ARGS[$w]} -h "${HOST[$s]}" -p "${PORT[$s]}" -U app postgres 2>&1) || {
+        echo "pgbench failed for $s/$w:"; echo "$out"; exit 1; }
+      tps=$(awk '/^tps = / {print $3; exit}' <<<"$out")
+      lat=$(awk '/^latency average = / {print $4; exit}' <<<"$out")
+      failed=$(awk -F': ' '/number of failed transactions/ {print $2+0; exit}' <<<"$out")
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$w" "$s" "$tps" "$lat" "${failed:-0}" >> "$RESULTS"
+      printf 'rep %s  %-16s %-10s tps %10s  latency %8s ms\n' "$rep" "$w" "$s" "$tps" "$lat"
+    done
+  done
+done
+
+mkdir -p bench/out
+python3 - "$RESULTS" "$REPS" "$DURATION" "$SCALE" <<'PY'
+import json, statistics, sys, subprocess, datetime, platform
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+reps, duration, scale = sys.argv[2], sys.argv[3], sys.argv[4]
+data = {}
+for rep, w, s, tps, lat, failed in rows:
+    d = data.setdefault(w, {}).setdefault(s, {"tps": [], "latency_ms": [], "failed": 0})
+    d["tps"].append(float(tps)); d["latency_ms"].append(float(lat)); d["failed"] += int(failed)
+summary = {}
+for w, per in data.items():
+    direct = statistics.median(per["direct"]["tps"])
+    direct_lat = statistics.median(per["direct"]["latency_ms"])
+    summary[w] = {}
+    for s, d in per.items():
+        t = statistics.median(d["tps"]); l = statistics.median(d["latency_ms"])
+        summary[w][s] = {"tps_median": t, "tps_runs": d["tps"], "ratio_to_direct": round(t / direct, 3),
+                         "latency_ms_median": l, "latency_added_us": round((l - direct_lat) * 1000, 1),
+                         "failed_transactions": d["failed"]}
+def sh(c):
+    try: return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
+    except Exception: return ""
+meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"nproc": sh("nproc"), "cpu": sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip(),
+                    "kernel": platform.release()},
+        "versions": {"rustc": sh("rustc --version"), "postgres": sh("pgbench --version"), "pgbouncer": sh("pgbouncer --version | head -1"),
+                     "commit": sh("git rev-parse --short HEAD")},
+        "reps": int(reps), "duration_s": int(duration), "scale": int(scale),
+        "command": f"REPS={reps} DURATION={duration} SCALE={scale} bench/pg.sh"}
+json.dump({"meta": meta, "results": summary}, open("bench/out/pg.json", "w"), indent=1)
+names = {"direct": "(a) direct", "pgbouncer": "(b) PgBouncer session", "appliance": "(c) appliance alone", "full": "(d) full path"}
+lines = [f"PostgreSQL gateway, pgbench scale {scale}, {duration} s runs, medians of {reps} interleaved repetitions",
+         f"({meta['date']}, {meta['machine']['nproc']} cores {meta['machine']['cpu']}, {meta['versions']['postgres']}, commit {meta['versions']['commit']})", "",
+         "| workload | setup | tps (median) | x direct | latency avg (ms) | added (us) | failed |", "|---|---|---|---|---|---|---|"]
+for w in ["select_only", "prepared_select", "tpcb", "latency_c1"]:
+    for s in ["direct", "pgbouncer", "appliance", "full"]:
+        r = summary[w][s]
+        lines.append(f"| {w} | {names[s]} | {r['tps_median']:.0f} | {r['ratio_to_direct']:.2f}x | {r['latency_ms_median']:.3f} | {r['latency_added_us']:+.0f} | {r['failed_transactions']} |")
+open("bench/out/pg.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY

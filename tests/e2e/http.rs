@@ -431,3 +431,26 @@ async fn large_bodies_stream_both_ways() {
     app.stop().await;
     nginx.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_audit_records_a_request_before_it_is_forwarded() {
+    let app_upstream = UpstreamApp::start().await;
+    let name = unique_name("strict");
+    let conns = http_connection(
+        &name,
+        &app_upstream.addr.to_string(),
+        &["alice@example.com"],
+        "",
+    ) + "\n[audit]\nmode = \"strict\"\n";
+    let (app, tl, at) = start(&conns, "alice@example.com", &[&name]).await;
+    let r = curl(at[&name], &name, "/echo", &[]);
+    assert_eq!(r.status, 200, "{}", r.stderr);
+    let outcomes: Vec<String> = http_records(&app, &name)
+        .await
+        .iter()
+        .filter_map(|r| r.record.outcome.clone())
+        .collect();
+    assert_eq!(outcomes, vec!["forwarded".to_string(), "ok".to_string()]);
+    tl.stop().await;
+    app.stop().await;
+}

@@ -425,3 +425,32 @@ async fn several_channels_share_one_connection() {
     assert_eq!(sessions.len(), 1, "{execs:#?}");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_audit_records_a_command_before_it_is_forwarded() {
+    let gw = gateway("\n[audit]\nmode = \"strict\"\n").await;
+    let o = run(gw.ssh().arg("echo strictly-audited"), false);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "strictly-audited"
+    );
+    assert!(
+        e2e::eventually(Duration::from_secs(5), || gw.app.live_sessions() == 0).await,
+        "session did not end"
+    );
+    let execs = gw.app.audit(Some(AuditKind::SshExec)).await;
+    let mine: Vec<&StoredRecord> = execs
+        .iter()
+        .filter(|r| {
+            r.record
+                .detail
+                .as_ref()
+                .map(|d| d.to_string().contains("strictly-audited"))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(mine.len() >= 2, "{execs:#?}");
+    assert_eq!(mine[0].record.outcome.as_deref(), Some("forwarded"));
+    gw.tl.stop().await;
+    gw.app.stop().await;
+}

@@ -110,7 +110,7 @@ pub async fn serve(
         tokio::select! {
             r = conn => match r {
                 Ok(()) => "client closed the connection".to_string(),
-                Err(e) => ended(&e, idle, &session),
+                Err(e) => ended(&e, idle, &session).await,
             },
             _ = ctx.cancel.cancelled() => "closed by the appliance".to_string(),
         }
@@ -143,7 +143,7 @@ pub async fn serve(
 
 /// The end reason for a connection error; a malformed request (which hyper
 /// answered with a bare 400/431) is audited here, since no service saw it.
-fn ended(e: &hyper::Error, idle: Duration, s: &session::Session) -> String {
+async fn ended(e: &hyper::Error, idle: Duration, s: &session::Session) -> String {
     if e.is_timeout() {
         return format!("idle for {idle:?} (idle_timeout)");
     }
@@ -156,7 +156,7 @@ fn ended(e: &hyper::Error, idle: Duration, s: &session::Session) -> String {
             .outcome("malformed")
             .reason(reason.clone())
             .detail(serde_json::json!({ "status": status }));
-        s.audit.send(rec);
+        s.audit.send(rec).await;
         return reason;
     }
     format!("connection error: {e}")

@@ -106,6 +106,26 @@ impl Conn {
         }
     }
 
+    /// Strict audit mode: a durable `forwarded` record of a shell, exec or
+    /// subsystem request before it goes upstream; `false` means refuse it.
+    /// Always `true` in fast mode.
+    pub async fn gate(&self, what: &str, command: Option<&str>) -> bool {
+        if self.shared.audit.mode().0 != crate::audit::AuditMode::Strict {
+            return true;
+        }
+        let rec = self
+            .audit(AuditKind::SshExec)
+            .outcome("forwarded")
+            .detail(serde_json::json!({ "request": what, "command": command }));
+        match self.shared.audit.record_durable(rec).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "strict audit mode: request not recorded, so not forwarded");
+                false
+            }
+        }
+    }
+
     /// Runs `f` on its own task, tracked so session end can wait for it.
     pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
         let h = tokio::spawn(f);

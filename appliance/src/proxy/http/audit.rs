@@ -1,9 +1,11 @@
 //! Per-request and per-WebSocket audit records. A [`RequestLog`] travels
 //! with the response body and writes its record when the body ends or is
 //! dropped (client gone, revocation), so bytes and duration are final.
-//! Records go through a per-session channel to one forwarder task, which
-//! waits on the audit queue (back-pressure, no loss) and keeps them in
-//! order ahead of the session's end record.
+//! Records go through a bounded per-session channel to one forwarder task,
+//! which waits on the audit queue (back-pressure, no loss) and keeps them in
+//! order ahead of the session's end record. A request reserves its slot in
+//! that channel before it is served, so a slow audit writer slows the next
+//! request down instead of letting records pile up.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,8 +21,13 @@ use crate::audit::{now_ms, AuditHandle, AuditKind, AuditRecord};
 pub struct AuditSink {
     /// Pre-filled with user, groups, connection, session, client, port.
     template: Arc<AuditRecord>,
-    tx: mpsc::UnboundedSender<AuditRecord>,
+    tx: mpsc::Sender<AuditRecord>,
+    /// The audit queue itself, for strict mode's durable records.
+    pub handle: AuditHandle,
 }
+
+/// Records a session may have waiting for the audit queue.
+const SESSION_AUDIT_BACKLOG: usize = 64;
 
 impl AuditSink {
     /// A sink and the forwarder future that drains it into `audit`; the
@@ -29,7 +36,8 @@ impl AuditSink {
         template: AuditRecord,
         audit: AuditHandle,
     ) -> (AuditSink, impl std::future::Future<Output = ()>) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<AuditRecord>();
+        let (tx, mut rx) = mpsc::channel::<AuditRecord>(SESSION_AUDIT_BACKLOG);
+        let handle = audit.clone();
         let forward = async move {
             while let Some(rec) = rx.recv().await {
                 if let Err(e) = audit.record(rec).await {
@@ -41,6 +49,7 @@ impl AuditSink {
             AuditSink {
                 template: Arc::new(template),
                 tx,
+                handle,
             },
             forward,
         )
@@ -54,16 +63,41 @@ impl AuditSink {
         r
     }
 
-    pub fn send(&self, rec: AuditRecord) {
-        if self.tx.send(rec).is_err() {
+    /// Queues `rec`, waiting while the session's backlog is full.
+    pub async fn send(&self, rec: AuditRecord) {
+        if self.tx.send(rec).await.is_err() {
             tracing::error!("HTTP audit forwarder is gone; a record was lost");
         }
+    }
+
+    /// Strict audit mode: a durable `forwarded` record of the request before
+    /// it goes upstream. `Ok` at once in fast mode.
+    pub async fn gate(&self, method: &Method, path: &str) -> Result<(), ()> {
+        if self.handle.mode().0 != crate::audit::AuditMode::Strict {
+            return Ok(());
+        }
+        let rec = self
+            .record(AuditKind::HttpRequest)
+            .outcome("forwarded")
+            .detail(serde_json::json!({ "method": method.as_str(), "path": path }));
+        self.handle
+            .record_durable(rec)
+            .await
+            .map(|_| ())
+            .map_err(|_| ())
+    }
+
+    /// A slot for one record, to be filled later from a synchronous context.
+    pub async fn reserve(&self) -> Option<mpsc::OwnedPermit<AuditRecord>> {
+        self.tx.clone().reserve_owned().await.ok()
     }
 }
 
 /// One request's audit record, written when dropped.
 pub struct RequestLog {
     sink: AuditSink,
+    /// The record's reserved place in the session's audit channel.
+    slot: Option<mpsc::OwnedPermit<AuditRecord>>,
     started: Instant,
     method: Method,
     path: String,
@@ -82,9 +116,15 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
-    pub fn new(sink: AuditSink, method: Method, path: String) -> RequestLog {
+    pub fn new(
+        sink: AuditSink,
+        slot: Option<mpsc::OwnedPermit<AuditRecord>>,
+        method: Method,
+        path: String,
+    ) -> RequestLog {
         RequestLog {
             sink,
+            slot,
             started: Instant::now(),
             method,
             path,
@@ -181,6 +221,11 @@ impl Drop for RequestLog {
         } else if outcome == "incomplete" {
             rec = rec.reason("the response ended before its body was sent in full");
         }
-        self.sink.send(rec);
+        match self.slot.take() {
+            Some(slot) => {
+                slot.send(rec);
+            }
+            None => tracing::error!("HTTP audit forwarder is gone; a request record was lost"),
+        }
     }
 }

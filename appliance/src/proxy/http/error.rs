@@ -46,6 +46,8 @@ pub enum GatewayError {
     BadBody(String),
     #[error("the request could not be held for approval: {0}")]
     ApprovalUnavailable(String),
+    #[error("the audit trail is unavailable and strict audit mode forwards nothing unrecorded")]
+    AuditUnavailable,
     #[error("the gateway cannot build the upstream credential: {0}")]
     Credential(RenderError),
     #[error("the gateway cannot sign the identity assertion: {0}")]
@@ -73,7 +75,9 @@ impl GatewayError {
             }
             GatewayError::HoldTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BadBody(_) => StatusCode::BAD_REQUEST,
-            GatewayError::ApprovalUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::ApprovalUnavailable(_) | GatewayError::AuditUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::Credential(_) | GatewayError::Assertion(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -97,6 +101,7 @@ impl GatewayError {
             GatewayError::HoldTooLarge { .. } => "body_too_large",
             GatewayError::BadBody(_) => "bad_request",
             GatewayError::ApprovalUnavailable(_) => "approval_unavailable",
+            GatewayError::AuditUnavailable => "audit_unavailable",
             GatewayError::Credential(_) => "credential_unavailable",
             GatewayError::Assertion(_) => "assertion_unavailable",
             GatewayError::UpstreamUnreachable { .. } => "upstream_unreachable",

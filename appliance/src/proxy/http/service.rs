@@ -32,7 +32,8 @@ pub async fn handle(s: Arc<Session>, mut req: Request<Incoming>) -> Response<Dow
     } else {
         path.clone()
     };
-    let mut log = RequestLog::new(s.audit.clone(), method.clone(), audited);
+    let slot = s.audit.reserve().await;
+    let mut log = RequestLog::new(s.audit.clone(), slot, method.clone(), audited);
 
     let size = headers::head_size(method.as_str(), &target, req.headers());
     if size > s.settings.max_header_bytes {
@@ -98,6 +99,9 @@ pub async fn handle(s: Arc<Session>, mut req: Request<Incoming>) -> Response<Dow
         }
     };
     let up_req = Request::from_parts(parts, body);
+    if s.audit.gate(&method, &path).await.is_err() {
+        return refuse(GatewayError::AuditUnavailable, &accept, log);
+    }
 
     if let (Some(protocol), Some(client_upgrade)) = (upgrade, client_upgrade) {
         return super::websocket::proxy(s, up_req, client_upgrade, protocol, path, log, &accept)

@@ -70,11 +70,13 @@ async fn bridge(
         }
     };
     let detail = serde_json::json!({ "protocol": protocol, "path": path });
-    s.audit.send(
-        s.audit
-            .record(AuditKind::WebsocketStart)
-            .detail(detail.clone()),
-    );
+    s.audit
+        .send(
+            s.audit
+                .record(AuditKind::WebsocketStart)
+                .detail(detail.clone()),
+        )
+        .await;
     let counts = Arc::new(Counters::default());
     let mut client = Counted::new(TokioIo::new(client), Bytes::new(), counts.clone());
     let mut upstream = Counted::new(TokioIo::new(upstream), Bytes::new(), Arc::default());
@@ -95,5 +97,5 @@ async fn bridge(
         .outcome("ok")
         .reason(reason)
         .detail(detail);
-    s.audit.send(rec);
+    s.audit.send(rec).await;
 }

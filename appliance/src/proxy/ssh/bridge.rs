@@ -299,6 +299,18 @@ async fn up_loop(conn: &Conn, laptop: &Laptop, up: &UpWrite, sh: &ChanShared, rx
             FrontEvent::Start(start) => {
                 let pty = sh.info().pty.clone();
                 sh.info().start = Some(start.clone());
+                let (what, command) = match &start {
+                    Start::Shell => ("shell", None),
+                    Start::Exec(cmd) => ("exec", Some(String::from_utf8_lossy(cmd).into_owned())),
+                    Start::Subsystem(name) => ("subsystem", Some(name.clone())),
+                };
+                if !conn.gate(what, command.as_deref()).await {
+                    let msg = "the audit trail is unavailable, and strict audit mode forwards nothing unrecorded";
+                    laptop.fail(msg, pty.is_some(), 255).await;
+                    laptop.closed.cancel();
+                    let _ = up.close().await;
+                    break;
+                }
                 match start {
                     Start::Shell => {
                         if let (Some(pty), true) = (&pty, conn.settings.record) {

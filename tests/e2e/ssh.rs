@@ -454,3 +454,92 @@ async fn strict_audit_records_a_command_before_it_is_forwarded() {
     gw.tl.stop().await;
     gw.app.stop().await;
 }
+
+/// Runs `command` over ssh in the background and returns the approval id
+/// from the hold notice on its stderr.
+async fn held_ssh(gw: &Gw, command: &str) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let std_cmd = {
+        let mut c = gw.ssh();
+        c.arg(command);
+        c
+    };
+    let mut child = tokio::process::Command::from(std_cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let id = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("held for approval ").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+        }
+        panic!("no hold notice");
+    })
+    .await
+    .expect("hold notice within 15 s");
+    // Keep reading stderr so the child never blocks on it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_commands_wait_for_an_approver() {
+    let gw = gateway(
+        "hold_commands = [\"touch *\"]\napprovers_group = \"leads\"\napproval_timeout = \"20s\"",
+    )
+    .await;
+    let marker = gw.tmp.path().join("approved-marker");
+    let (child, id) = held_ssh(&gw, &format!("touch {}", marker.display())).await;
+    assert!(!marker.exists(), "ran before approval");
+    let ok = gw.app.cli(&[
+        "approvals",
+        "approve",
+        &id,
+        "--as",
+        "bob@example.com",
+        "--groups",
+        "leads",
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(marker.exists());
+
+    let other = gw.tmp.path().join("denied-marker");
+    let (child, id) = held_ssh(&gw, &format!("touch {}", other.display())).await;
+    let no = gw.app.cli(&[
+        "approvals",
+        "deny",
+        &id,
+        "--as",
+        "bob@example.com",
+        "--groups",
+        "leads",
+        "--reason",
+        "not today",
+    ]);
+    assert!(
+        no.status.success(),
+        "{}",
+        String::from_utf8_lossy(&no.stderr)
+    );
+    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126));
+    assert!(!other.exists());
+    gw.tl.stop().await;
+    gw.app.stop().await;
+}

@@ -84,6 +84,11 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// The policy version the session was admitted under.
+    pub fn policy_version(&self) -> Option<u64> {
+        self.policy_version
+    }
+
     /// An audit record pre-filled with who, what and where.
     pub fn audit(&self, kind: AuditKind) -> AuditRecord {
         let mut r = AuditRecord::new(kind)

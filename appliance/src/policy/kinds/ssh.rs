@@ -37,6 +37,14 @@ pub struct SshSettings {
     /// Globs of command lines refused (exec requests, and best effort for
     /// lines typed in interactive shells).
     pub deny_commands: Vec<String>,
+    /// Globs of exec command lines held for a human approval.
+    pub hold_commands: Vec<String>,
+    /// Who may approve held commands (required with `hold_commands`).
+    pub approvers_group: Option<String>,
+    /// How long a held command waits for a decision.
+    pub approval_timeout: std::time::Duration,
+    /// An approval also covers the same command line from the same person for this long.
+    pub approval_reuse_window: std::time::Duration,
     /// Interval of SSH keepalives to both peers, seconds (0 = off).
     pub keepalive_secs: u64,
 }
@@ -52,6 +60,10 @@ impl Default for SshSettings {
             record: true,
             record_input: false,
             deny_commands: Vec::new(),
+            hold_commands: Vec::new(),
+            approvers_group: None,
+            approval_timeout: std::time::Duration::from_secs(600),
+            approval_reuse_window: std::time::Duration::ZERO,
             keepalive_secs: 30,
         }
     }
@@ -68,6 +80,10 @@ struct RawSshSettings {
     record: Option<bool>,
     record_input: Option<bool>,
     deny_commands: Option<Vec<String>>,
+    hold_commands: Option<Vec<String>>,
+    approvers_group: Option<String>,
+    approval_timeout: Option<String>,
+    approval_reuse_window: Option<String>,
     keepalive: Option<String>,
 }
 
@@ -125,7 +141,34 @@ pub(super) fn parse(table: toml::Table, whence: &str) -> Result<SshSettings, Pol
             None => Ok(v),
         }
     };
+    let hold_commands = globs(raw.hold_commands, Vec::new(), "hold_commands")?;
+    if !hold_commands.is_empty() && raw.approvers_group.as_deref().unwrap_or("").is_empty() {
+        return Err(invalid(
+            "hold_commands needs approvers_group (who may approve)".into(),
+        ));
+    }
+    let duration = |key: &str, v: Option<String>, default: std::time::Duration| match v {
+        None => Ok(default),
+        Some(s) => {
+            humantime::parse_duration(&s).map_err(|e| invalid(format!("{key} = {s:?}: {e}")))
+        }
+    };
+    let approval_timeout = duration("approval_timeout", raw.approval_timeout, d.approval_timeout)?;
+    let approval_reuse_window = duration(
+        "approval_reuse_window",
+        raw.approval_reuse_window,
+        std::time::Duration::ZERO,
+    )?;
+    if approval_timeout.is_zero() || approval_timeout > std::time::Duration::from_secs(86_400) {
+        return Err(invalid(
+            "approval_timeout must be between 1s and 24h".into(),
+        ));
+    }
     Ok(SshSettings {
+        hold_commands,
+        approvers_group: raw.approvers_group,
+        approval_timeout,
+        approval_reuse_window,
         user: Some(user),
         host_keys,
         allow_env: globs(raw.allow_env, d.allow_env, "allow_env")?,

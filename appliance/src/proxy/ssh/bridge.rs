@@ -209,6 +209,66 @@ pub async fn forward_channel(
     conn.record(rec).await;
 }
 
+/// A command held by `hold_commands`: files the approval request, tells the
+/// person on stderr, and waits. `Ok` runs it; `Err` is why it did not run.
+async fn hold_command(
+    conn: &Conn,
+    laptop: &Laptop,
+    command: &str,
+    pattern: &str,
+    pty: bool,
+) -> Result<(), String> {
+    use crate::approvals::{approve_hint, ApprovalOutcome, ApprovalRequest};
+    let group = conn.settings.approvers_group.clone().unwrap_or_default();
+    let fingerprint = tunnel_lite::tls::hex(
+        ring::digest::digest(&ring::digest::SHA256, command.as_bytes()).as_ref(),
+    );
+    let approvals = &conn.shared.approvals;
+    if approvals.reusable(&conn.identity.user, &conn.connection.name, &fingerprint) {
+        return Ok(());
+    }
+    let request = ApprovalRequest {
+        user: conn.identity.user.clone(),
+        groups: conn.identity.groups.clone(),
+        connection: conn.connection.name.clone(),
+        session_id: conn.session_id.clone(),
+        kind: "command".into(),
+        text: command.to_string(),
+        fingerprint,
+        approvers_group: group.clone(),
+        timeout: conn.settings.approval_timeout,
+        reuse_window: conn.settings.approval_reuse_window,
+        policy_version: conn.policy_version(),
+    };
+    let (id, pending) = approvals.request(request).await.map_err(|e| {
+        format!("command held by {pattern:?}, but the approval request failed: {e}")
+    })?;
+    let eol = if pty { "\r\n" } else { "\n" };
+    let notice = format!(
+        "appliance: command held for approval {id} (matches {pattern:?}); approvers: {group}; approve with: {}{eol}",
+        approve_hint(&id)
+    );
+    laptop.ext(1, Bytes::from(notice)).await;
+    let outcome = tokio::select! {
+        o = pending.outcome() => o,
+        _ = laptop.closed.cancelled() => {
+            let _ = approvals.withdraw(&id).await;
+            ApprovalOutcome::Withdrawn
+        }
+        _ = conn.kill.cancelled() => {
+            let _ = approvals.withdraw(&id).await;
+            ApprovalOutcome::Withdrawn
+        }
+    };
+    match outcome {
+        ApprovalOutcome::Approved { .. } => Ok(()),
+        other => Err(format!(
+            "approval {id} {}; the command did not run",
+            other.describe()
+        )),
+    }
+}
+
 /// The upstream is unusable: wait for the request that starts the channel
 /// (so the client listens), then explain on stderr and exit 255.
 async fn refuse_session(conn: &Conn, laptop: &Laptop, rx: &mut LaneRx, message: &str) {
@@ -218,7 +278,7 @@ async fn refuse_session(conn: &Conn, laptop: &Laptop, rx: &mut LaneRx, message: 
     loop {
         tokio::select! {
             ev = rx.recv() => match ev {
-                Some(FrontEvent::Start(_) | FrontEvent::Denied { .. }) => break,
+                Some(FrontEvent::Start(_) | FrontEvent::Denied { .. } | FrontEvent::Held { .. }) => break,
                 Some(FrontEvent::Pty { .. }) => pty = true,
                 Some(FrontEvent::Close) | None => return,
                 Some(_) => {}
@@ -328,6 +388,29 @@ async fn up_loop(conn: &Conn, laptop: &Laptop, up: &UpWrite, sh: &ChanShared, rx
                                 Some(SftpTracker::default());
                         }
                         up.request_subsystem(true, name).await.is_ok()
+                    }
+                }
+            }
+            FrontEvent::Held { command, pattern } => {
+                let pty = sh.info().pty.is_some();
+                let text = String::from_utf8_lossy(&command).into_owned();
+                match hold_command(conn, laptop, &text, &pattern, pty).await {
+                    Ok(()) => {
+                        sh.info().start = Some(Start::Exec(command.clone()));
+                        if !conn.gate("exec", Some(&text)).await {
+                            let msg = "the audit trail is unavailable, and strict audit mode forwards nothing unrecorded";
+                            laptop.fail(msg, pty, 255).await;
+                            laptop.closed.cancel();
+                            let _ = up.close().await;
+                            break;
+                        }
+                        up.exec(true, command).await.is_ok()
+                    }
+                    Err(reason) => {
+                        laptop.fail(&reason, pty, 126).await;
+                        laptop.closed.cancel();
+                        let _ = up.close().await;
+                        break;
                     }
                 }
             }

@@ -74,6 +74,11 @@ pub enum FrontEvent {
         command: String,
         pattern: String,
     },
+    /// An exec request that waits for a human approval.
+    Held {
+        command: Vec<u8>,
+        pattern: String,
+    },
 }
 
 impl FrontEvent {

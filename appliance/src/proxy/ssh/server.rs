@@ -252,7 +252,13 @@ impl server::Handler for Front {
                 command: command.into_owned(),
                 pattern: pattern.to_string(),
             },
-            None => FrontEvent::Start(Start::Exec(data.to_vec())),
+            None => match controls::denied_command(&self.conn.settings.hold_commands, &command) {
+                Some(pattern) => FrontEvent::Held {
+                    command: data.to_vec(),
+                    pattern: pattern.to_string(),
+                },
+                None => FrontEvent::Start(Start::Exec(data.to_vec())),
+            },
         };
         self.push(channel, ev).await?;
         // Success either way: a denied command then reports on stderr and

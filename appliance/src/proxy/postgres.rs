@@ -176,6 +176,15 @@ async fn session(
     ctx: &SessionContext,
 ) -> SessionEnd {
     let conn = &ctx.connection;
+    // Fail closed: masking is configured, but this build does not rewrite
+    // result rows yet, so no session may see unmasked data.
+    if settings.controls.masking.is_active() {
+        let e = PgError::NotAllowed(format!(
+            "connection {:?} has column masking configured, which this appliance build does not              apply yet; refusing the session rather than returning unmasked data",
+            conn.name
+        ));
+        return fail(&mut stream, &e).await;
+    }
     let ephemeral = match &settings.credential {
         CredentialMode::Inject => None,
         CredentialMode::Ephemeral { .. } => match ephemeral::create(ctx, settings).await {

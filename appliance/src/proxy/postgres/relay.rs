@@ -119,6 +119,48 @@ impl Shared {
     }
 }
 
+/// Forwards the rest (`remaining` bytes) of a large frame nobody inspects,
+/// a buffer at a time, without holding it whole.
+async fn stream_through<R, W>(
+    r: &mut R,
+    w: &mut W,
+    buf: &mut BytesMut,
+    mut remaining: usize,
+    dir: Direction,
+    shared: &Shared,
+) -> Result<(), Stop>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    while remaining > 0 {
+        buf.clear();
+        let want = remaining.min(buf.capacity().max(READ_CHUNK));
+        buf.reserve(want);
+        let n = match (&mut *r).take(want as u64).read_buf(buf).await {
+            Ok(0) => return Err(Stop::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => n,
+            Err(e) => return Err(Stop::Io(e)),
+        };
+        w.write_all(&buf[..n]).await.map_err(Stop::Io)?;
+        shared.count(dir, n);
+        remaining -= n;
+        buf.clear();
+    }
+    Ok(())
+}
+
+/// Room for the rest of a frame being buffered (bounded by `max_message`).
+fn make_room(buf: &mut BytesMut, max_message: usize) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        let need = match buf.first_chunk::<FRAME_HEADER_LEN>() {
+            Some(h) => codec::frame_len(h, max_message).unwrap_or(READ_CHUNK),
+            None => READ_CHUNK,
+        };
+        buf.reserve(need.saturating_sub(buf.len()).max(READ_CHUNK));
+    }
+}
+
 /// Moves frames from `r` to `w` until end of stream or an error. `buf`
 /// holds bytes already read from `r`. `on_batch` runs after each write (the
 /// caller audits finished statements there).
@@ -173,21 +215,8 @@ where
             shared.count(dir, consumed);
             buf.advance(consumed);
         }
-        while passthrough > 0 {
-            buf.clear();
-            let want = passthrough.min(buf.capacity().max(READ_CHUNK));
-            buf.reserve(want);
-            let n = match (&mut *r).take(want as u64).read_buf(buf).await {
-                Ok(0) => return Stop::Io(std::io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => n,
-                Err(e) => return Stop::Io(e),
-            };
-            if let Err(e) = w.write_all(&buf[..n]).await {
-                return Stop::Io(e);
-            }
-            shared.count(dir, n);
-            passthrough -= n;
-            buf.clear();
+        if let Err(stop) = stream_through(r, w, buf, passthrough, dir, shared).await {
+            return stop;
         }
         if let Err(e) = w.flush().await {
             return Stop::Io(e);
@@ -196,14 +225,7 @@ where
         if terminate {
             return Stop::Closed;
         }
-        // Room for the rest of an inspected frame (bounded by max_message).
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            let need = match buf.first_chunk::<FRAME_HEADER_LEN>() {
-                Some(h) => codec::frame_len(h, shared.max_message).unwrap_or(READ_CHUNK),
-                None => READ_CHUNK,
-            };
-            buf.reserve(need.saturating_sub(buf.len()).max(READ_CHUNK));
-        }
+        make_room(buf, shared.max_message);
         // Everything written so far ends at a message boundary, so a notice
         // from the other direction may go out here.
         let read = match notices.as_deref_mut() {
@@ -493,21 +515,8 @@ where
             shared.count(dir, at - start);
         }
         buf.advance(at);
-        while passthrough > 0 {
-            buf.clear();
-            let want = passthrough.min(buf.capacity().max(READ_CHUNK));
-            buf.reserve(want);
-            let n = match (&mut *r).take(want as u64).read_buf(buf).await {
-                Ok(0) => return Stop::Io(std::io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => n,
-                Err(e) => return Stop::Io(e),
-            };
-            if let Err(e) = w.write_all(&buf[..n]).await {
-                return Stop::Io(e);
-            }
-            shared.count(dir, n);
-            passthrough -= n;
-            buf.clear();
+        if let Err(stop) = stream_through(r, w, buf, passthrough, dir, shared).await {
+            return stop;
         }
         if let Err(e) = w.flush().await {
             return Stop::Io(e);
@@ -516,13 +525,7 @@ where
         if terminate {
             return Stop::Closed;
         }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            let need = match buf.first_chunk::<FRAME_HEADER_LEN>() {
-                Some(h) => codec::frame_len(h, shared.max_message).unwrap_or(READ_CHUNK),
-                None => READ_CHUNK,
-            };
-            buf.reserve(need.saturating_sub(buf.len()).max(READ_CHUNK));
-        }
+        make_room(buf, shared.max_message);
         match r.read_buf(buf).await {
             Ok(0) => return Stop::Closed,
             Ok(_) => {}

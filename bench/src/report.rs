@@ -421,6 +421,16 @@ impl Report {
         }
 
         let _ = writeln!(w, "## Where the time went\n");
+        let _ = writeln!(
+            w,
+            "The whole run took {:.0} s against a budget of about 10 minutes on 2 cores{}\n",
+            self.duration_secs,
+            if self.mode == "full" && self.duration_secs < 600.0 {
+                ", so the default sizes (2 GB each way, 20,000 round trips, 500 connections, N = 1,000) are kept."
+            } else {
+                "."
+            }
+        );
         let _ = writeln!(w, "| phase | seconds |\n|---|---|");
         for ph in &self.phase_secs {
             let _ = writeln!(w, "| {} | {:.1} |", ph.phase, ph.secs);

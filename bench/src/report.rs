@@ -361,7 +361,7 @@ impl Report {
             w,
             "| | |\n|---|---|\n\
              | date (UTC) | {} |\n| CPU | {} |\n| nproc | {} |\n| memory | {} MiB |\n| kernel | {} |\n| OS | {} |\n\
-             | load average at start / end | {} / {} |\n| open-files limit | {} |\n\
+             | load average (1, 5, 15 min) at start / at end, the latter including this run | {} / {} |\n| open-files limit | {} |\n\
              | rustc | {} |\n| workspace commit | {} |\n| appliance | {} (`{}`) |\n| tunnel-lite | {} (`{}`) |\n| socat | {} |",
             self.date,
             m.cpu_model,

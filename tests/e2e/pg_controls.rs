@@ -41,16 +41,7 @@ async fn held_psql(
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let id = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("held for approval ").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_string();
-            }
-        }
-        panic!("psql printed no hold notice");
-    })
-    .await
-    .expect("hold notice within 10 s");
+    let id = e2e::held_approval_id(&mut lines, Duration::from_secs(10)).await;
     (child, id, lines)
 }
 

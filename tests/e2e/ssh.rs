@@ -471,16 +471,7 @@ async fn held_ssh(gw: &Gw, command: &str) -> (tokio::process::Child, String) {
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let id = tokio::time::timeout(Duration::from_secs(15), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("held for approval ").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_string();
-            }
-        }
-        panic!("no hold notice");
-    })
-    .await
-    .expect("hold notice within 15 s");
+    let id = e2e::held_approval_id(&mut lines, Duration::from_secs(15)).await;
     // Keep reading stderr so the child never blocks on it.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, id)

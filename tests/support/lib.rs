@@ -123,6 +123,28 @@ pub async fn echo_upstream() -> SocketAddr {
     addr
 }
 
+/// Reads a client's stderr until the gateway's "held for approval ID"
+/// notice and returns the id (the PostgreSQL and SSH gateways word it alike).
+pub async fn held_approval_id<R>(lines: &mut tokio::io::Lines<R>, within: Duration) -> String
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    tokio::time::timeout(within, async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if let Some(rest) = line.split("held for approval ").nth(1) {
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+        }
+        panic!("the client printed no hold notice");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no hold notice within {within:?}"))
+}
+
 /// A unique lowercase name for connections, so parallel tests never share a
 /// loopback address.
 pub fn unique_name(prefix: &str) -> String {

@@ -15,6 +15,8 @@ mod schema;
 mod signature;
 mod validate;
 
+pub(crate) use signature::key_id_hex;
+
 #[cfg(test)]
 mod tests;
 

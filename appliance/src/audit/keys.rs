@@ -75,7 +75,7 @@ impl AuditKey {
         id.copy_from_slice(pk.keynum());
         Ok(AuditKey {
             public_line: B64.encode(pk.to_bytes()),
-            key_id: format!("{:016X}", u64::from_le_bytes(id)),
+            key_id: crate::policy::key_id_hex(&id),
             sk,
             pk,
             path: key_path.to_path_buf(),

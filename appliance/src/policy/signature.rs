@@ -124,8 +124,10 @@ fn key_id(b: &[u8]) -> [u8; 8] {
     id
 }
 
-fn key_id_hex(id: &[u8; 8]) -> String {
-    format!("{:016X}", u64::from_le_bytes(*id))
+/// Rendered the way minisign prints key ids (`%X`, no zero padding), so the
+/// id in our logs and audit matches the one in a `.pub` file's comment.
+pub(crate) fn key_id_hex(id: &[u8; 8]) -> String {
+    format!("{:X}", u64::from_le_bytes(*id))
 }
 
 /// A policy whose bundle was signed by a trusted key. Only [`verify_bundle`]

@@ -179,6 +179,6 @@ fn loaded_policy_carries_audit_data() {
     let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(vp.bundle_sha256(), hex);
-    assert_eq!(vp.signer_key_id().len(), 16);
+    assert!((1..=16).contains(&vp.signer_key_id().len()));
     assert!(vp.trusted_comment().contains("file:policy.toml"));
 }

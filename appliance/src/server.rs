@@ -57,6 +57,8 @@ pub struct Shared {
     pub metrics: Arc<crate::admin::Metrics>,
     /// Live tunnel sessions by session id (event routes' `close_session`).
     pub live: crate::events::LiveSessions,
+    /// Keys the `hash` mask of PostgreSQL masking.
+    pub mask_hash_key: crate::proxy::postgres::masker::MaskHashKey,
     /// IdP verifier built for the policy version it came from.
     idp: Mutex<Option<(u64, Arc<IdpVerifier>)>>,
 }
@@ -232,7 +234,11 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
         )
     })?;
 
+    let mask_hash_key =
+        crate::proxy::postgres::masker::MaskHashKey::load_or_generate(&cfg.data_dir)
+            .map_err(|e| ServerError::State(cfg.data_dir.display().to_string(), e))?;
     let shared = Arc::new(Shared {
+        mask_hash_key,
         policy: policy_rx,
         revoked: revoked_rx,
         signer,

@@ -10,6 +10,7 @@ mod dns;
 mod http;
 mod login;
 mod pg_controls;
+mod pg_masking;
 mod postgres;
 mod ssh;
 mod tunnel;

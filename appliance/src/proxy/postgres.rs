@@ -18,7 +18,10 @@ pub mod error;
 pub mod guard;
 pub mod hold;
 pub mod mask;
+pub mod masker;
 pub mod relay;
+mod relay_masked;
+pub mod sideconn;
 pub mod tracker;
 pub mod upstream;
 
@@ -176,15 +179,21 @@ async fn session(
     ctx: &SessionContext,
 ) -> SessionEnd {
     let conn = &ctx.connection;
-    // Fail closed: masking is configured, but this build does not rewrite
-    // result rows yet, so no session may see unmasked data.
-    if settings.controls.masking.is_active() {
-        let e = PgError::NotAllowed(format!(
-            "connection {:?} has column masking configured, which this appliance build does not              apply yet; refusing the session rather than returning unmasked data",
-            conn.name
-        ));
-        return fail(&mut stream, &e).await;
-    }
+    let masking = &settings.controls.masking;
+    let detectors = if masking.is_active() {
+        match mask::Detectors::new(masking, ctx.shared.mask_hash_key.as_bytes()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let e = PgError::NotAllowed(format!(
+                    "connection {:?}: masking detectors do not compile ({e}); refusing the session rather than return unmasked data",
+                    conn.name
+                ));
+                return fail(&mut stream, &e).await;
+            }
+        }
+    } else {
+        None
+    };
     let ephemeral = match &settings.credential {
         CredentialMode::Inject => None,
         CredentialMode::Ephemeral { .. } => match ephemeral::create(ctx, settings).await {
@@ -273,7 +282,22 @@ async fn session(
     }
     tracing::info!(connection = %conn.name, user = %ctx.identity.user, role = %user, %database, "postgres session ready");
 
-    let shared = relay::Shared::new(settings.max_message_bytes);
+    let shared = relay::Shared::new(settings.max_message_bytes, detectors.is_some());
+    let masker = detectors.map(|d| {
+        masker::Masker::new(
+            &masking.columns,
+            d,
+            masker::CatalogLogin {
+                connection: &conn.name,
+                upstream: &conn.upstream,
+                settings,
+                user: &user,
+                password: password.as_ref(),
+                database: &database,
+                timeout: ctx.shared.cfg.upstream_connect_timeout,
+            },
+        )
+    });
     shared
         .bytes_down
         .fetch_add(hello.len() as u64, Ordering::Relaxed);
@@ -292,6 +316,7 @@ async fn session(
         &database,
         controls,
         hold_cancel,
+        masker,
     )
     .await;
     drop(cancel_key);
@@ -330,6 +355,8 @@ enum RelayEnd {
     Cancelled,
     ClientProtocol(codec::CodecError),
     UpstreamProtocol(codec::CodecError),
+    /// Masking could not account for a result.
+    MaskingRefused(String),
     Io(std::io::Error),
 }
 
@@ -343,6 +370,7 @@ impl std::fmt::Display for RelayEnd {
             RelayEnd::UpstreamProtocol(e) => {
                 write!(f, "protocol violation from the upstream server: {e}")
             }
+            RelayEnd::MaskingRefused(r) => write!(f, "closed by masking: {r}"),
             RelayEnd::Io(e) => write!(f, "connection error: {e}"),
         }
     }
@@ -359,6 +387,7 @@ async fn run_relay(
     database: &str,
     controls: controls::Controls,
     hold_cancel: std::sync::Arc<tokio::sync::Notify>,
+    mut masker: Option<masker::Masker<'_>>,
 ) -> RelayEnd {
     let (notice_tx, mut notice_rx) = tokio::sync::mpsc::channel(16);
     let mut up_controls = relay::UpControls {
@@ -387,15 +416,34 @@ async fn run_relay(
             &mut up_controls,
             flush_audit,
         );
-        let down = relay::pump(
-            &mut ur,
-            &mut cw,
-            &mut ubuf,
-            Direction::Down,
-            shared,
-            Some(&mut notice_rx),
-            flush_audit,
-        );
+        let down = async {
+            match masker.as_mut() {
+                Some(m) => {
+                    relay_masked::pump_masked(
+                        &mut ur,
+                        &mut cw,
+                        &mut ubuf,
+                        shared,
+                        m,
+                        &mut notice_rx,
+                        flush_audit,
+                    )
+                    .await
+                }
+                None => {
+                    relay::pump(
+                        &mut ur,
+                        &mut cw,
+                        &mut ubuf,
+                        Direction::Down,
+                        shared,
+                        Some(&mut notice_rx),
+                        flush_audit,
+                    )
+                    .await
+                }
+            }
+        };
         tokio::pin!(up, down);
         let down_stop = |s: Stop| match s {
             Stop::Closed => RelayEnd::UpstreamClosed,
@@ -403,6 +451,7 @@ async fn run_relay(
             Stop::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 RelayEnd::UpstreamClosed
             }
+            Stop::Refused(r) => RelayEnd::MaskingRefused(r),
             Stop::Io(e) => RelayEnd::Io(e),
         };
         tokio::select! {
@@ -414,6 +463,7 @@ async fn run_relay(
                     RelayEnd::ClientClosed
                 }
                 Stop::Protocol(e) => RelayEnd::ClientProtocol(e),
+                Stop::Refused(r) => RelayEnd::MaskingRefused(r),
                 Stop::Io(e) => RelayEnd::Io(e),
             },
             s = &mut down => down_stop(s),
@@ -426,6 +476,10 @@ async fn run_relay(
         RelayEnd::UpstreamProtocol(e) => Some((
             "08P01",
             format!("the upstream server sent malformed data: {e}"),
+        )),
+        RelayEnd::MaskingRefused(r) => Some((
+            "42501",
+            format!("terminating connection: masking could not check a result ({r}); the session is closed rather than return unmasked data"),
         )),
         RelayEnd::UpstreamClosed => Some((
             "08006",
@@ -453,6 +507,9 @@ async fn run_relay(
     }
     let _ = cw.shutdown().await;
     let _ = uw.shutdown().await;
+    if let Some(m) = masker {
+        m.close().await;
+    }
     outcome
 }
 

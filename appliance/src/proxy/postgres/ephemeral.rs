@@ -10,14 +10,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::BytesMut;
 use ring::rand::SecureRandom;
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{self, backend, ProtocolVersion};
+use super::codec::ProtocolVersion;
 use super::error::PgError;
-use super::upstream::{self, UpstreamStream};
+use super::upstream;
 use crate::policy::kinds::postgres::CredentialMode;
 use crate::policy::{Connection, KindSettings, PostgresSettings};
 use crate::proxy::SessionContext;
@@ -72,15 +70,7 @@ pub fn role_name(user: &str) -> Result<String, PgError> {
     Ok(format!("{base}_{suffix}"))
 }
 
-/// `'text'` with quotes doubled.
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// `"name"` with quotes doubled.
-fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+use super::sideconn::{ident, literal, SideConn, SideError};
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -88,9 +78,7 @@ fn rfc3339(t: SystemTime) -> String {
 
 /// An admin session on the upstream of `conn`.
 struct Admin {
-    stream: UpstreamStream,
-    buf: BytesMut,
-    max: usize,
+    conn: SideConn,
     connection: String,
 }
 
@@ -118,7 +106,6 @@ impl Admin {
                 connection: conn.name.clone(),
                 secret: secret_name.clone(),
             })?;
-        let tcp = crate::proxy::tcp::connect_upstream(&conn.upstream, timeout).await?;
         let params = vec![
             (
                 "database".to_string(),
@@ -138,59 +125,29 @@ impl Admin {
             version: ProtocolVersion::V3_0,
             params: &params,
         };
-        let up = upstream::login(tcp, &login).await?;
         Ok(Admin {
-            stream: up.stream,
-            buf: up.leftover,
-            max: settings.max_message_bytes,
+            conn: SideConn::open(&login, timeout).await?,
             connection: conn.name.clone(),
         })
     }
 
     /// Runs `sql` (simple protocol) and returns the first column of each row.
     async fn query(&mut self, sql: &str) -> Result<Vec<Option<String>>, PgError> {
-        let mut out = Vec::new();
-        codec::query(&mut out, sql).map_err(PgError::ClientProtocol)?;
-        self.stream.write_all(&out).await?;
-        let mut rows = Vec::new();
-        let mut error = None;
-        loop {
-            let (tag, total) =
-                upstream::read_frame(&mut self.stream, &mut self.buf, self.max).await?;
-            let frame = self.buf.split_to(total);
-            let body = &frame[codec::FRAME_HEADER_LEN..];
-            match tag {
-                backend::DATA_ROW_TAG => {
-                    let row = backend::DataRow::parse(body).map_err(PgError::UpstreamProtocol)?;
-                    let first = row
-                        .values()
-                        .next()
-                        .flatten()
-                        .map(|v| String::from_utf8_lossy(v).into_owned());
-                    rows.push(first);
-                }
-                backend::ERROR_RESPONSE_TAG => {
-                    let e = backend::ErrorNotice::parse(body).map_err(PgError::UpstreamProtocol)?;
-                    error = Some(e.message().map(|m| m.to_string()).unwrap_or_default());
-                }
-                backend::READY_FOR_QUERY_TAG => break,
-                _ => {}
-            }
-        }
-        match error {
-            Some(reason) => Err(PgError::Ephemeral {
+        match self.conn.query(sql).await {
+            Ok(rows) => Ok(rows
+                .into_iter()
+                .map(|r| r.into_iter().next().flatten())
+                .collect()),
+            Err(SideError::Connection(e)) => Err(e),
+            Err(SideError::Server(reason)) => Err(PgError::Ephemeral {
                 connection: self.connection.clone(),
                 reason,
             }),
-            None => Ok(rows),
         }
     }
 
-    async fn close(mut self) {
-        let mut out = Vec::new();
-        codec::terminate(&mut out);
-        let _ = self.stream.write_all(&out).await;
-        let _ = self.stream.shutdown().await;
+    async fn close(self) {
+        self.conn.close().await;
     }
 }
 
@@ -374,11 +331,5 @@ mod tests {
             .unwrap()
             .starts_with("droptablex_"));
         assert_ne!(role_name("a").unwrap(), role_name("a").unwrap());
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(literal("it's"), "'it''s'");
-        assert_eq!(ident("a\"b"), "\"a\"\"b\"");
     }
 }

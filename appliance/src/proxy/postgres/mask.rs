@@ -59,11 +59,14 @@ pub mod catalog;
 pub mod copy;
 mod detect;
 mod rules;
+pub mod shapes;
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_rewrite;
+#[cfg(test)]
+mod tests_shapes;
 
 pub use detect::{BuiltinDetector, CustomDetector, Detectors, MAX_REGEX_SIZE, MAX_REGEX_SOURCE};
 pub use rules::{ColumnName, ColumnPattern, MaskRules, NameGlob, MAX_PATTERN};

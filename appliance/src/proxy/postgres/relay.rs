@@ -11,6 +11,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{self, backend, frontend, CodecError, FRAME_HEADER_LEN};
+use super::mask::shapes::Shapes;
 use super::tracker::{StatementEvent, Tracker};
 
 /// Bytes read per direction before frames are looked at.
@@ -23,6 +24,9 @@ pub enum Stop {
     Closed,
     Io(std::io::Error),
     Protocol(CodecError),
+    /// Masking cannot account for what the server sent: the session ends
+    /// rather than pass it on (the reason goes to the client).
+    Refused(String),
 }
 
 /// State shared by the two directions of one session. The mutex is held
@@ -33,17 +37,47 @@ pub struct Shared {
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     pub max_message: usize,
+    /// Result shapes for masking (`None`: masking is off, results pass as they are).
+    pub shapes: Option<Mutex<Shapes>>,
 }
 
 impl Shared {
-    pub fn new(max_message: usize) -> Self {
+    pub fn new(max_message: usize, masking: bool) -> Self {
         Shared {
             tracker: Mutex::new(Tracker::default()),
             events: Mutex::new(Vec::new()),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             max_message,
+            shapes: masking.then(|| Mutex::new(Shapes::default())),
         }
+    }
+
+    /// A frame forwarded upstream, for masking's result shapes. Returns the
+    /// Describe the gateway must send right behind it (after a Bind).
+    fn shape_frontend(&self, tag: u8, body: &[u8]) -> Result<Option<Vec<u8>>, CodecError> {
+        let Some(shapes) = &self.shapes else {
+            return Ok(None);
+        };
+        let describe = shapes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .on_frontend(tag, body)?;
+        if !describe {
+            return Ok(None);
+        }
+        let portal = frontend::Bind::parse(body)?.portal;
+        let mut frame = Vec::with_capacity(portal.len() + 7);
+        super::mask::shapes::describe_portal(portal.as_bytes(), &mut frame);
+        Ok(Some(frame))
+    }
+
+    /// A frame from the server, for the statement tracker.
+    pub(super) fn feed_backend(&self, tag: u8, body: &[u8]) -> Result<(), CodecError> {
+        if inspected(Direction::Down, tag) {
+            self.feed(Direction::Down, tag, body)?;
+        }
+        Ok(())
     }
 
     /// Takes the finished statements collected so far.
@@ -110,7 +144,7 @@ impl Shared {
         Ok(false)
     }
 
-    fn count(&self, dir: Direction, n: usize) {
+    pub(super) fn count(&self, dir: Direction, n: usize) {
         let c = match dir {
             Direction::Up => &self.bytes_up,
             Direction::Down => &self.bytes_down,
@@ -151,7 +185,7 @@ where
 }
 
 /// Room for the rest of a frame being buffered (bounded by `max_message`).
-fn make_room(buf: &mut BytesMut, max_message: usize) {
+pub(super) fn make_room(buf: &mut BytesMut, max_message: usize) {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         let need = match buf.first_chunk::<FRAME_HEADER_LEN>() {
             Some(h) => codec::frame_len(h, max_message).unwrap_or(READ_CHUNK),
@@ -226,29 +260,43 @@ where
             return Stop::Closed;
         }
         make_room(buf, shared.max_message);
-        // Everything written so far ends at a message boundary, so a notice
-        // from the other direction may go out here.
-        let read = match notices.as_deref_mut() {
-            None => r.read_buf(buf).await,
-            Some(rx) => tokio::select! {
-                read = r.read_buf(buf) => read,
-                Some(notice) = rx.recv() => {
-                    if let Err(e) = w.write_all(&notice).await {
-                        return Stop::Io(e);
-                    }
-                    if let Err(e) = w.flush().await {
-                        return Stop::Io(e);
-                    }
-                    shared.count(dir, notice.len());
-                    continue;
-                }
-            },
-        };
-        match read {
-            Ok(0) => return Stop::Closed,
-            Ok(_) => {}
-            Err(e) => return Stop::Io(e),
+        if let Err(stop) = read_or_notice(r, w, buf, notices.as_deref_mut(), shared, dir).await {
+            return stop;
         }
+    }
+}
+
+/// Waits for more bytes from `r` into `buf`. Everything written so far ends
+/// at a message boundary, so a notice from the other direction that comes
+/// first is written here (then the caller walks its frames again).
+pub(super) async fn read_or_notice<R, W>(
+    r: &mut R,
+    w: &mut W,
+    buf: &mut BytesMut,
+    notices: Option<&mut tokio::sync::mpsc::Receiver<Vec<u8>>>,
+    shared: &Shared,
+    dir: Direction,
+) -> Result<(), Stop>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let read = match notices {
+        None => r.read_buf(buf).await,
+        Some(rx) => tokio::select! {
+            read = r.read_buf(buf) => read,
+            Some(notice) = rx.recv() => {
+                w.write_all(&notice).await.map_err(Stop::Io)?;
+                w.flush().await.map_err(Stop::Io)?;
+                shared.count(dir, notice.len());
+                return Ok(());
+            }
+        },
+    };
+    match read {
+        Ok(0) => Err(Stop::Closed),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Stop::Io(e)),
     }
 }
 
@@ -459,6 +507,11 @@ where
                         shared.count(dir, at - start);
                     }
                     let raise = raise_query(state, &message);
+                    if let Err(e) =
+                        shared.shape_frontend(frontend::QUERY_TAG, &raise[FRAME_HEADER_LEN..])
+                    {
+                        return Stop::Protocol(e);
+                    }
                     if let Err(e) = w.write_all(&raise).await {
                         return Stop::Io(e);
                     }
@@ -501,6 +554,22 @@ where
                 }
             }
             if inspected(dir, tag) {
+                match shared.shape_frontend(tag, &buf[body_range.clone()]) {
+                    Ok(Some(describe)) => {
+                        // Our Describe goes right behind the Bind.
+                        let end = at + total;
+                        if let Err(e) = w.write_all(&buf[start..end]).await {
+                            return Stop::Io(e);
+                        }
+                        if let Err(e) = w.write_all(&describe).await {
+                            return Stop::Io(e);
+                        }
+                        shared.count(dir, end - start);
+                        start = end;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Stop::Protocol(e),
+                }
                 match shared.feed(dir, tag, &buf[body_range]) {
                     Ok(t) => terminate |= t,
                     Err(e) => return Stop::Protocol(e),

@@ -6,7 +6,12 @@
 #   (c) the appliance alone         pgbench -> appliance (plain bench listener) -> PostgreSQL
 #   (d) the full path               pgbench -> tunnel-lite -> TLS -> appliance -> PostgreSQL
 # interleaved (a b c d a b c d ...) for REPS repetitions, medians, ratios to
-# direct; plus single-connection latency (-c 1) as microseconds added.
+# direct; plus single-connection latency (-c 1) as microseconds added, and the
+# CPU time the proxy processes spend per transaction (from /proc, so it holds
+# even when the machine is busy). Masking (issue 4): a 100,000-row SELECT *
+# (`rows_100k`, one client) direct, through the appliance alone and the full
+# path, with masking off and on (two masked columns plus the email and card
+# detectors scanning every text value).
 # Writes bench/out/pg.md and bench/out/pg.json (and prints the table).
 #
 #   bench/pg.sh                 # REPS=3 DURATION=10
@@ -34,6 +39,8 @@ PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  # pgbouncer runs under runuser: its own pid is not the one recorded.
+  pkill -f "pgbouncer $D/bouncer/pgbouncer.ini" 2>/dev/null || true
   as_pg "$PG_BIN/pg_ctl" -D "$D/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
   rm -rf "$D"
 }
@@ -42,12 +49,18 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 PW=bench-pw
 PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); AP_PORT=$(free_port); PLAIN_PORT=$(free_port); DNS_PORT=$(free_port)
+PLAIN_MASKED_PORT=$(free_port)
 mkdir -p "$D/pg"; printf '%s' "$PW" > "$D/pg/pw"
 [ "$(id -u)" -eq 0 ] && chown -R postgres: "$D/pg"
 as_pg "$PG_BIN/initdb" -D "$D/pg/data" -U app --pwfile="$D/pg/pw" --auth=scram-sha-256 -E UTF8 --locale=C.UTF-8 -N >/dev/null
 as_pg "$PG_BIN/pg_ctl" -D "$D/pg/data" -l "$D/pg/log" -w \
   -o "-p $PG_PORT -k $D/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100" start >/dev/null
 PGPASSWORD=$PW pgbench -q -i -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U app postgres >/dev/null 2>&1
+PGPASSWORD=$PW psql -q -h 127.0.0.1 -p "$PG_PORT" -U app postgres -c "CREATE TABLE people AS
+  SELECT i AS id, 'user' || i || '@example.com' AS email, lpad(i::text, 9, '0') AS ssn,
+         'customer since ' || (2000 + i % 25) AS note, i * 7 AS score
+  FROM generate_series(1, 100000) i" -c "VACUUM ANALYZE people" >/dev/null
+printf 'SELECT * FROM people;\n' > "$D/rows_100k.sql"
 
 # (b) PgBouncer in session mode, with the password it forwards.
 mkdir -p "$D/bouncer"
@@ -85,6 +98,13 @@ target = "pg-bench"
 port = 5432
 user = "bench"
 groups = ["bench"]
+
+[[bench_listener]]
+listen = "127.0.0.1:$PLAIN_MASKED_PORT"
+target = "pg-bench-masked"
+port = 5432
+user = "bench"
+groups = ["bench"]
 EOF
 cat > "$D/policy.toml" <<EOF
 version = 1
@@ -102,6 +122,19 @@ allow_groups = ["bench"]
 password = "pg_password"
 [connection.postgres]
 user = "app"
+
+[[connection]]
+name = "pg-bench-masked"
+kind = "postgres"
+upstream = "127.0.0.1:$PG_PORT"
+allow_groups = ["bench"]
+[connection.secrets]
+password = "pg_password"
+[connection.postgres]
+user = "app"
+[connection.postgres.masking]
+columns = ["people.email", "people.ssn"]
+detectors = ["email", "credit_card"]
 EOF
 "$APPLIANCE" policy sign --key "$D/keys/policy.key" "$D/policy.toml" >/dev/null
 cp "$D/policy.toml" "$D/policy.toml.minisig" "$D/appliance/policy/"
@@ -114,34 +147,54 @@ export TUNNEL_LITE_CONFIG_DIR=$D/tl
 TUNNEL_LITE_LOG=warn "$TUNNEL_LITE" up --dns-listen "127.0.0.1:$DNS_PORT" 2>"$D/tl.log" & PIDS+=($!)
 for _ in $(seq 100); do ADDR=$(dig +short -p "$DNS_PORT" @127.0.0.1 pg-bench.hoop 2>/dev/null); [ -n "$ADDR" ] && break; sleep 0.1; done
 for _ in $(seq 100); do (echo > "/dev/tcp/$ADDR/5432") 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do MADDR=$(dig +short -p "$DNS_PORT" @127.0.0.1 pg-bench-masked.hoop 2>/dev/null); [ -n "$MADDR" ] && break; sleep 0.1; done
+for _ in $(seq 100); do (echo > "/dev/tcp/$MADDR/5432") 2>/dev/null && break; sleep 0.1; done
+
+# CPU time (user + system, in clock ticks) of the proxy processes of a setup.
+AP_PID=${PIDS[-2]}; TL_PID=${PIDS[-1]}
+BOUNCER_PID=$(pgrep -u postgres -f "^pgbouncer $D/bouncer/pgbouncer.ini" | head -n1)
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+declare -A PROXY
+PROXY[direct]=""; PROXY[pgbouncer]=$BOUNCER_PID
+PROXY[appliance]=$AP_PID; PROXY[appliance_masked]=$AP_PID
+PROXY[full]="$AP_PID $TL_PID"; PROXY[full_masked]="$AP_PID $TL_PID"
+TCK=$(getconf CLK_TCK)
 
 declare -A HOST PORT
 HOST[direct]=127.0.0.1; PORT[direct]=$PG_PORT
 HOST[pgbouncer]=127.0.0.1; PORT[pgbouncer]=$BOUNCER_PORT
 HOST[appliance]=127.0.0.1; PORT[appliance]=$PLAIN_PORT
 HOST[full]=$ADDR; PORT[full]=5432
-SETUPS=(direct pgbouncer appliance full)
+HOST[appliance_masked]=127.0.0.1; PORT[appliance_masked]=$PLAIN_MASKED_PORT
+HOST[full_masked]=$MADDR; PORT[full_masked]=5432
 
-# workload name -> pgbench arguments
-declare -A ARGS
+# workload name -> pgbench arguments, and the setups it runs through
+declare -A ARGS SETUPS
 ARGS[select_only]="-S -c 8 -j 2"
 ARGS[prepared_select]="-S -M prepared -c 8 -j 2"
 ARGS[tpcb]="-c 8 -j 2"
 ARGS[latency_c1]="-S -c 1 -j 1"
-WORKLOADS=(select_only prepared_select tpcb latency_c1)
+ARGS[rows_100k]="-f $D/rows_100k.sql -c 1 -j 1"
+for w in select_only prepared_select tpcb latency_c1; do SETUPS[$w]="direct pgbouncer appliance full"; done
+SETUPS[rows_100k]="direct appliance appliance_masked full full_masked"
+WORKLOADS=(select_only prepared_select tpcb latency_c1 rows_100k)
 
 RESULTS=$D/results.tsv
 : > "$RESULTS"
 for rep in $(seq "$REPS"); do
   for w in "${WORKLOADS[@]}"; do
-    for s in "${SETUPS[@]}"; do
+    for s in ${SETUPS[$w]}; do
+      before=$(ticks ${PROXY[$s]})
       out=$(PGPASSWORD=$PW pgbench -n -T "$DURATION" ${ARGS[$w]} -h "${HOST[$s]}" -p "${PORT[$s]}" -U app postgres 2>&1) || {
         echo "pgbench failed for $s/$w:"; echo "$out"; exit 1; }
+      after=$(ticks ${PROXY[$s]})
       tps=$(awk '/^tps = / {print $3; exit}' <<<"$out")
       lat=$(awk '/^latency average = / {print $4; exit}' <<<"$out")
       failed=$(awk -F': ' '/number of failed transactions/ {print $2+0; exit}' <<<"$out")
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$w" "$s" "$tps" "$lat" "${failed:-0}" >> "$RESULTS"
-      printf 'rep %s  %-16s %-10s tps %10s  latency %8s ms\n' "$rep" "$w" "$s" "$tps" "$lat"
+      txns=$(awk '/number of transactions actually processed/ {split($NF, a, "/"); print a[1]; exit}' <<<"$out")
+      cpu_us=$(python3 -c "print(round(($after - $before) / $TCK * 1e6 / max(1, $txns), 1))")
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$w" "$s" "$tps" "$lat" "${failed:-0}" "$cpu_us" >> "$RESULTS"
+      printf 'rep %s  %-16s %-17s tps %10s  latency %8s ms  proxy cpu %8s us/txn\n' "$rep" "$w" "$s" "$tps" "$lat" "$cpu_us"
     done
   done
 done
@@ -152,9 +205,10 @@ import json, statistics, sys, subprocess, datetime, platform
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 reps, duration, scale = sys.argv[2], sys.argv[3], sys.argv[4]
 data = {}
-for rep, w, s, tps, lat, failed in rows:
-    d = data.setdefault(w, {}).setdefault(s, {"tps": [], "latency_ms": [], "failed": 0})
+for rep, w, s, tps, lat, failed, cpu in rows:
+    d = data.setdefault(w, {}).setdefault(s, {"tps": [], "latency_ms": [], "failed": 0, "cpu": []})
     d["tps"].append(float(tps)); d["latency_ms"].append(float(lat)); d["failed"] += int(failed)
+    d["cpu"].append(float(cpu))
 summary = {}
 for w, per in data.items():
     direct = statistics.median(per["direct"]["tps"])
@@ -164,7 +218,8 @@ for w, per in data.items():
         t = statistics.median(d["tps"]); l = statistics.median(d["latency_ms"])
         summary[w][s] = {"tps_median": t, "tps_runs": d["tps"], "ratio_to_direct": round(t / direct, 3),
                          "latency_ms_median": l, "latency_added_us": round((l - direct_lat) * 1000, 1),
-                         "failed_transactions": d["failed"]}
+                         "failed_transactions": d["failed"],
+                         "proxy_cpu_us_per_txn": statistics.median(d["cpu"])}
 def sh(c):
     try: return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
     except Exception: return ""
@@ -176,14 +231,18 @@ meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec=
         "reps": int(reps), "duration_s": int(duration), "scale": int(scale),
         "command": f"REPS={reps} DURATION={duration} SCALE={scale} bench/pg.sh"}
 json.dump({"meta": meta, "results": summary}, open("bench/out/pg.json", "w"), indent=1)
-names = {"direct": "(a) direct", "pgbouncer": "(b) PgBouncer session", "appliance": "(c) appliance alone", "full": "(d) full path"}
+names = {"direct": "(a) direct", "pgbouncer": "(b) PgBouncer session", "appliance": "(c) appliance alone", "full": "(d) full path",
+         "appliance_masked": "(c) appliance alone, masking on", "full_masked": "(d) full path, masking on"}
 lines = [f"PostgreSQL gateway, pgbench scale {scale}, {duration} s runs, medians of {reps} interleaved repetitions",
          f"({meta['date']}, {meta['machine']['nproc']} cores {meta['machine']['cpu']}, {meta['versions']['postgres']}, commit {meta['versions']['commit']})", "",
-         "| workload | setup | tps (median) | x direct | latency avg (ms) | added (us) | failed |", "|---|---|---|---|---|---|---|"]
-for w in ["select_only", "prepared_select", "tpcb", "latency_c1"]:
-    for s in ["direct", "pgbouncer", "appliance", "full"]:
-        r = summary[w][s]
-        lines.append(f"| {w} | {names[s]} | {r['tps_median']:.0f} | {r['ratio_to_direct']:.2f}x | {r['latency_ms_median']:.3f} | {r['latency_added_us']:+.0f} | {r['failed_transactions']} |")
+         "| workload | setup | tps (median) | x direct | latency avg (ms) | added (us) | proxy CPU (us/txn) | failed |", "|---|---|---|---|---|---|---|---|"]
+for w in ["select_only", "prepared_select", "tpcb", "latency_c1", "rows_100k"]:
+    for s in ["direct", "pgbouncer", "appliance", "appliance_masked", "full", "full_masked"]:
+        r = summary[w].get(s)
+        if r is None: continue
+        cpu = f"{r['proxy_cpu_us_per_txn']:.1f}" if s != "direct" else "-"
+        lines.append(f"| {w} | {names[s]} | {r['tps_median']:.0f} | {r['ratio_to_direct']:.2f}x | {r['latency_ms_median']:.3f} | {r['latency_added_us']:+.0f} | {cpu} | {r['failed_transactions']} |")
+lines += ["", "rows_100k: one transaction is one `SELECT * FROM people` of 100,000 rows (5 columns); rows/s = tps x 100,000."]
 open("bench/out/pg.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

@@ -158,6 +158,10 @@ enum AuditCommand {
     Trust(appliance::audit::cli::TrustCommand),
 }
 
+#[cfg(feature = "count-alloc")]
+#[global_allocator]
+static GLOBAL: tunnel_lite::alloc_count::CountingAlloc = tunnel_lite::alloc_count::CountingAlloc;
+
 fn main() {
     let cli = Cli::parse();
     // The server logs its life at info; one-shot commands only say what went wrong.
@@ -182,6 +186,8 @@ fn main() {
             std::process::exit(1);
         }
     };
+    #[cfg(feature = "count-alloc")]
+    runtime.spawn(tunnel_lite::alloc_count::report_on_sigusr1());
     if let Err(e) = runtime.block_on(run(cli)) {
         eprintln!("appliance: {e:#}");
         std::process::exit(1);

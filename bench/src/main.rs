@@ -7,6 +7,8 @@
 //! the setups (child processes) in `setups`, the client measurements in
 //! `measure`, and the rendering in `report`. It never asserts on timings.
 
+mod active;
+mod alloc;
 mod dns;
 mod measure;
 mod report;
@@ -60,9 +62,13 @@ struct Args {
     /// Recorded new connections per repetition (default 500; 100 with --quick).
     #[arg(long)]
     setup_conns: Option<usize>,
-    /// Idle tunneled sessions held open for the memory test (default 1000; 100 with --quick).
+    /// Idle tunneled sessions held open for the memory test (default 10000,
+    /// capped to fit the open-files limit; 100 with --quick).
     #[arg(long)]
     sessions: Option<usize>,
+    /// Active sessions sending small requests at once (default 1000; 100 with --quick).
+    #[arg(long)]
+    active: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -108,6 +114,8 @@ struct Plan {
     sessions: usize,
     sessions_parallel: usize,
     scale_reps: usize,
+    active_sessions: usize,
+    active_secs: u64,
 }
 
 impl Plan {
@@ -122,9 +130,11 @@ impl Plan {
             rtt_rounds: args.rtt_rounds.unwrap_or(if q { 2000 } else { 20_000 }),
             setup_warmup: if q { 10 } else { 20 },
             setup_conns: args.setup_conns.unwrap_or(if q { 100 } else { 500 }),
-            sessions: args.sessions.unwrap_or(if q { 100 } else { 1000 }),
+            sessions: args.sessions.unwrap_or(if q { 100 } else { 10_000 }),
             sessions_parallel: 32,
             scale_reps: reps,
+            active_sessions: args.active.unwrap_or(if q { 100 } else { 1000 }),
+            active_secs: if q { 3 } else { 10 },
         }
     }
 }
@@ -446,6 +456,38 @@ async fn run(args: Args) -> Result<()> {
     memory.median_idle_tunnel_lite_bytes = col(|r| r.idle_tunnel_lite_bytes as f64);
     memory.median_appliance_bytes_per_session = col(|r| r.appliance_bytes_per_session);
     memory.median_tunnel_lite_bytes_per_session = col(|r| r.tunnel_lite_bytes_per_session);
+    let t = Instant::now();
+    let active_report = active::run(&bins, upstream.addr, plan.active_sessions, plan.active_secs)
+        .await
+        .context("active sessions")?;
+    clock.add("active sessions", t.elapsed().as_secs_f64());
+    for s in &active_report.series {
+        eprintln!(
+            "active     {:>6}: {} sessions, p50 {:.0} us, p99 {:.0} us",
+            s.setup, active_report.sessions, s.p50_us, s.p99_us
+        );
+    }
+    let alloc_report = match alloc::bins(&workspace, &bins) {
+        Some(counting) => {
+            let t = Instant::now();
+            let r = alloc::measure(&counting, upstream.addr, plan.quick).await?;
+            clock.add("allocation counts", t.elapsed().as_secs_f64());
+            for d in &r.directions {
+                eprintln!(
+                    "allocations {}: appliance {:.3}/chunk, tunnel-lite {:.3}/chunk",
+                    d.direction, d.appliance_per_chunk, d.tunnel_lite_per_chunk
+                );
+            }
+            Some(r)
+        }
+        None => {
+            notes.push(format!(
+                "Allocation counts skipped: the counting binaries are not built (`{}`).",
+                alloc::BUILD
+            ));
+            None
+        }
+    };
     drop(upstream);
 
     let metrics = vec![
@@ -519,6 +561,8 @@ async fn run(args: Args) -> Result<()> {
         setups: setup_infos,
         metrics,
         memory,
+        alloc: alloc_report,
+        active: Some(active_report),
         targets: Vec::new(),
         phase_secs: clock.0,
         notes,
@@ -722,6 +766,38 @@ fn targets(r: &Report) -> Vec<Target> {
         measured: format!("{:.1} MiB", mem.median_idle_tunnel_lite_bytes / 1048576.0),
         pass: mem.median_idle_tunnel_lite_bytes <= 8.0 * 1048576.0,
     });
+    if let Some(a) = &r.active {
+        let p99 = |name: &str| a.series.iter().find(|s| s.setup == name).map(|s| s.p99_us);
+        if let (Some(d), Some(t)) = (p99("direct"), p99("tunnel")) {
+            out.push(Target {
+                what: format!(
+                    "{} active sessions, one {}-byte request each per {} ms: p99 (issue: report it)",
+                    a.sessions, a.request_bytes, a.period_ms
+                ),
+                target: "reported".into(),
+                measured: format!("tunnel {t:.0} us vs direct {d:.0} us (+{:.0} us)", t - d),
+                pass: true,
+            });
+        }
+    }
+    if let Some(a) = &r.alloc {
+        for d in &a.directions {
+            out.push(Target {
+                what: format!(
+                    "heap allocations per forwarded 16 KiB chunk, {}",
+                    d.direction
+                ),
+                target: "0 (appliance and tunnel-lite)".into(),
+                measured: format!(
+                    "appliance {:.3}, tunnel-lite {:.3}",
+                    d.appliance_per_chunk, d.tunnel_lite_per_chunk
+                ),
+                // Below one allocation per thousand chunks is timer and
+                // housekeeping noise, not the data path.
+                pass: d.appliance_per_chunk < 0.001 && d.tunnel_lite_per_chunk < 0.001,
+            });
+        }
+    }
     out
 }
 

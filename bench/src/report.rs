@@ -25,6 +25,10 @@ pub struct Report {
     pub setups: Vec<SetupInfo>,
     pub metrics: Vec<Metric>,
     pub memory: Memory,
+    /// Allocations per forwarded chunk (count-alloc build), when built.
+    pub alloc: Option<crate::alloc::AllocReport>,
+    /// Many sessions sending small requests at once.
+    pub active: Option<crate::active::ActiveReport>,
     pub targets: Vec<Target>,
     /// Wall time per phase and setup, summed over repetitions.
     pub phase_secs: Vec<Phase>,
@@ -354,6 +358,8 @@ impl Report {
             );
         }
 
+        w.push_str(&crate::active::markdown(self.active.as_ref()));
+        w.push_str(&crate::alloc::markdown(self.alloc.as_ref()));
         let _ = writeln!(w, "\n## Machine and build\n");
         let m = &self.machine;
         let v = &self.versions;

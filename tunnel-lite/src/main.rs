@@ -103,6 +103,10 @@ enum ApprovalsCommand {
     },
 }
 
+#[cfg(feature = "count-alloc")]
+#[global_allocator]
+static GLOBAL: tunnel_lite::alloc_count::CountingAlloc = tunnel_lite::alloc_count::CountingAlloc;
+
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -124,6 +128,8 @@ fn main() {
             std::process::exit(1);
         }
     };
+    #[cfg(feature = "count-alloc")]
+    runtime.spawn(tunnel_lite::alloc_count::report_on_sigusr1());
     if let Err(e) = runtime.block_on(run(cli)) {
         eprintln!("tunnel-lite: {e:#}");
         std::process::exit(1);

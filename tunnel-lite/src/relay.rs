@@ -2,8 +2,11 @@
 //!
 //! Like `tokio::io::copy_bidirectional`, but the counters stay readable when
 //! the relay is abandoned (revocation, shutdown), so the audit record still
-//! has the bytes each way. One buffer per direction, allocated with the
-//! relay, reused for every chunk: nothing is allocated per forwarded chunk.
+//! has the bytes each way. One buffer per direction, reused for every chunk:
+//! nothing is allocated per forwarded chunk. A direction starts with a small
+//! buffer and grows it once, to [`RELAY_BUF`], the first time a read fills
+//! it: an idle or chatty session holds 2 x [`INITIAL_BUF`], a bulk one
+//! 2 x [`RELAY_BUF`] after one reallocation per direction.
 
 use std::future::Future;
 use std::io;
@@ -12,8 +15,12 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes held per direction. One TLS record's worth of plaintext.
+/// Bytes held per direction once it carried bulk data. One TLS record's
+/// worth of plaintext.
 pub const RELAY_BUF: usize = 16 * 1024;
+
+/// Bytes held per direction until a read fills them.
+pub const INITIAL_BUF: usize = 2 * 1024;
 
 /// Which side ended the relay first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +30,7 @@ pub enum Closed {
 }
 
 struct Direction {
-    buf: Box<[u8; RELAY_BUF]>,
+    buf: Vec<u8>,
     pos: usize,
     cap: usize,
     total: u64,
@@ -35,7 +42,7 @@ struct Direction {
 impl Direction {
     fn new() -> Self {
         Direction {
-            buf: Box::new([0u8; RELAY_BUF]),
+            buf: vec![0u8; INITIAL_BUF],
             pos: 0,
             cap: 0,
             total: 0,
@@ -68,6 +75,11 @@ impl Direction {
                             self.read_done = true;
                         } else {
                             self.cap = n;
+                            if n == self.buf.len() && n < RELAY_BUF {
+                                // More is coming than the small buffer holds:
+                                // grow once (the bytes read are kept).
+                                self.buf.resize(RELAY_BUF, 0);
+                            }
                         }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -222,6 +234,38 @@ mod tests {
         let (ok, up, down) = relay_task.await.unwrap();
         assert!(ok);
         assert_eq!((up, down), (100_000, 4));
+    }
+
+    #[tokio::test]
+    async fn buffers_start_small_and_grow_once_for_bulk() {
+        let (mut laptop, mut a) = tokio::io::duplex(64 * 1024);
+        let (mut b, mut upstream) = tokio::io::duplex(64 * 1024);
+        let mut relay = Relay::new(&mut a, &mut b);
+        assert_eq!(relay.a_to_b.buf.len(), INITIAL_BUF);
+        // A few bytes: the small buffer stays.
+        laptop.write_all(b"ping").await.unwrap();
+        let mut four = [0u8; 4];
+        tokio::select! {
+            _ = &mut relay => panic!("relay should not finish"),
+            r = upstream.read_exact(&mut four) => { r.unwrap(); }
+        }
+        assert_eq!(relay.a_to_b.buf.len(), INITIAL_BUF);
+        // Bulk: grows to RELAY_BUF and every byte arrives in order.
+        let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let p2 = payload.clone();
+        let writer = async move {
+            laptop.write_all(&p2).await.unwrap();
+            laptop
+        };
+        let mut got = vec![0u8; payload.len()];
+        let reader = upstream.read_exact(&mut got);
+        tokio::select! {
+            _ = &mut relay => panic!("relay should not finish"),
+            (_, r) = async { tokio::join!(writer, reader) } => { r.unwrap(); }
+        }
+        assert_eq!(got, payload);
+        assert_eq!(relay.a_to_b.buf.len(), RELAY_BUF);
+        assert_eq!(relay.b_to_a.buf.len(), INITIAL_BUF);
     }
 
     #[tokio::test]

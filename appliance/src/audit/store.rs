@@ -215,12 +215,10 @@ pub(crate) fn has_table(conn: &Connection, name: &str) -> Result<bool, AuditErro
 
 /// The chain's tip: the last row, else the retention anchor, else genesis.
 pub(crate) fn tip(conn: &Connection) -> Result<(i64, [u8; 32]), AuditError> {
+    // Cached: the writer asks before every batch.
     let last: Option<(i64, Option<String>)> = conn
-        .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let row = match last {
         Some((seq, h)) => Some((seq, h.unwrap_or_default())),

@@ -11,7 +11,9 @@
 # even when the machine is busy). Masking (issue 4): a 100,000-row SELECT *
 # (`rows_100k`, one client) direct, through the appliance alone and the full
 # path, with masking off and on (two masked columns plus the email and card
-# detectors scanning every text value).
+# detectors scanning every text value). Guardrails (issue 4): single-client
+# latency of a short and of a 10 KB statement through the appliance alone with
+# and without statement classification (`classify_short`, `classify_10k`).
 # Writes bench/out/pg.md and bench/out/pg.json (and prints the table).
 #
 #   bench/pg.sh                 # REPS=3 DURATION=10
@@ -49,7 +51,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 PW=bench-pw
 PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); AP_PORT=$(free_port); PLAIN_PORT=$(free_port); DNS_PORT=$(free_port)
-PLAIN_MASKED_PORT=$(free_port)
+PLAIN_MASKED_PORT=$(free_port); PLAIN_GUARDED_PORT=$(free_port)
 mkdir -p "$D/pg"; printf '%s' "$PW" > "$D/pg/pw"
 [ "$(id -u)" -eq 0 ] && chown -R postgres: "$D/pg"
 as_pg "$PG_BIN/initdb" -D "$D/pg/data" -U app --pwfile="$D/pg/pw" --auth=scram-sha-256 -E UTF8 --locale=C.UTF-8 -N >/dev/null
@@ -61,6 +63,8 @@ PGPASSWORD=$PW psql -q -h 127.0.0.1 -p "$PG_PORT" -U app postgres -c "CREATE TAB
          'customer since ' || (2000 + i % 25) AS note, i * 7 AS score
   FROM generate_series(1, 100000) i" -c "VACUUM ANALYZE people" >/dev/null
 printf 'SELECT * FROM people;\n' > "$D/rows_100k.sql"
+printf 'SELECT abalance FROM pgbench_accounts WHERE aid = 1;\n' > "$D/short.sql"
+python3 -c "print('SELECT count(*) FROM pgbench_branches WHERE bid IN (' + ', '.join(str(i) for i in range(1, 1990)) + ');')" > "$D/long.sql"
 
 # (b) PgBouncer in session mode, with the password it forwards.
 mkdir -p "$D/bouncer"
@@ -95,6 +99,13 @@ secrets_file = "secrets.toml"
 [[bench_listener]]
 listen = "127.0.0.1:$PLAIN_PORT"
 target = "pg-bench"
+port = 5432
+user = "bench"
+groups = ["bench"]
+
+[[bench_listener]]
+listen = "127.0.0.1:$PLAIN_GUARDED_PORT"
+target = "pg-bench-guarded"
 port = 5432
 user = "bench"
 groups = ["bench"]
@@ -135,6 +146,18 @@ user = "app"
 [connection.postgres.masking]
 columns = ["people.email", "people.ssn"]
 detectors = ["email", "credit_card"]
+
+[[connection]]
+name = "pg-bench-guarded"
+kind = "postgres"
+upstream = "127.0.0.1:$PG_PORT"
+allow_groups = ["bench"]
+[connection.secrets]
+password = "pg_password"
+[connection.postgres]
+user = "app"
+[connection.postgres.guardrails]
+deny = ["drop", "truncate", "delete_without_where"]
 EOF
 "$APPLIANCE" policy sign --key "$D/keys/policy.key" "$D/policy.toml" >/dev/null
 cp "$D/policy.toml" "$D/policy.toml.minisig" "$D/appliance/policy/"
@@ -156,7 +179,7 @@ BOUNCER_PID=$(pgrep -u postgres -f "^pgbouncer $D/bouncer/pgbouncer.ini" | head 
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 declare -A PROXY
 PROXY[direct]=""; PROXY[pgbouncer]=$BOUNCER_PID
-PROXY[appliance]=$AP_PID; PROXY[appliance_masked]=$AP_PID
+PROXY[appliance]=$AP_PID; PROXY[appliance_masked]=$AP_PID; PROXY[appliance_guarded]=$AP_PID
 PROXY[full]="$AP_PID $TL_PID"; PROXY[full_masked]="$AP_PID $TL_PID"
 TCK=$(getconf CLK_TCK)
 
@@ -166,6 +189,7 @@ HOST[pgbouncer]=127.0.0.1; PORT[pgbouncer]=$BOUNCER_PORT
 HOST[appliance]=127.0.0.1; PORT[appliance]=$PLAIN_PORT
 HOST[full]=$ADDR; PORT[full]=5432
 HOST[appliance_masked]=127.0.0.1; PORT[appliance_masked]=$PLAIN_MASKED_PORT
+HOST[appliance_guarded]=127.0.0.1; PORT[appliance_guarded]=$PLAIN_GUARDED_PORT
 HOST[full_masked]=$MADDR; PORT[full_masked]=5432
 
 # workload name -> pgbench arguments, and the setups it runs through
@@ -175,9 +199,13 @@ ARGS[prepared_select]="-S -M prepared -c 8 -j 2"
 ARGS[tpcb]="-c 8 -j 2"
 ARGS[latency_c1]="-S -c 1 -j 1"
 ARGS[rows_100k]="-f $D/rows_100k.sql -c 1 -j 1"
+ARGS[classify_short]="-f $D/short.sql -c 1 -j 1"
+ARGS[classify_10k]="-f $D/long.sql -c 1 -j 1"
 for w in select_only prepared_select tpcb latency_c1; do SETUPS[$w]="direct pgbouncer appliance full"; done
 SETUPS[rows_100k]="direct appliance appliance_masked full full_masked"
-WORKLOADS=(select_only prepared_select tpcb latency_c1 rows_100k)
+SETUPS[classify_short]="direct appliance appliance_guarded"
+SETUPS[classify_10k]="direct appliance appliance_guarded"
+WORKLOADS=(select_only prepared_select tpcb latency_c1 rows_100k classify_short classify_10k)
 
 RESULTS=$D/results.tsv
 : > "$RESULTS"
@@ -232,17 +260,19 @@ meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec=
         "command": f"REPS={reps} DURATION={duration} SCALE={scale} bench/pg.sh"}
 json.dump({"meta": meta, "results": summary}, open("bench/out/pg.json", "w"), indent=1)
 names = {"direct": "(a) direct", "pgbouncer": "(b) PgBouncer session", "appliance": "(c) appliance alone", "full": "(d) full path",
-         "appliance_masked": "(c) appliance alone, masking on", "full_masked": "(d) full path, masking on"}
+         "appliance_masked": "(c) appliance alone, masking on", "full_masked": "(d) full path, masking on",
+         "appliance_guarded": "(c) appliance alone, guardrails on"}
 lines = [f"PostgreSQL gateway, pgbench scale {scale}, {duration} s runs, medians of {reps} interleaved repetitions",
          f"({meta['date']}, {meta['machine']['nproc']} cores {meta['machine']['cpu']}, {meta['versions']['postgres']}, commit {meta['versions']['commit']})", "",
          "| workload | setup | tps (median) | x direct | latency avg (ms) | added (us) | proxy CPU (us/txn) | failed |", "|---|---|---|---|---|---|---|---|"]
-for w in ["select_only", "prepared_select", "tpcb", "latency_c1", "rows_100k"]:
-    for s in ["direct", "pgbouncer", "appliance", "appliance_masked", "full", "full_masked"]:
+for w in ["select_only", "prepared_select", "tpcb", "latency_c1", "rows_100k", "classify_short", "classify_10k"]:
+    for s in ["direct", "pgbouncer", "appliance", "appliance_guarded", "appliance_masked", "full", "full_masked"]:
         r = summary[w].get(s)
         if r is None: continue
         cpu = f"{r['proxy_cpu_us_per_txn']:.1f}" if s != "direct" else "-"
         lines.append(f"| {w} | {names[s]} | {r['tps_median']:.0f} | {r['ratio_to_direct']:.2f}x | {r['latency_ms_median']:.3f} | {r['latency_added_us']:+.0f} | {cpu} | {r['failed_transactions']} |")
-lines += ["", "rows_100k: one transaction is one `SELECT * FROM people` of 100,000 rows (5 columns); rows/s = tps x 100,000."]
+lines += ["", "rows_100k: one transaction is one `SELECT * FROM people` of 100,000 rows (5 columns); rows/s = tps x 100,000.",
+          "classify_short / classify_10k: one client, a 52-byte SELECT / a 10.9 KB SELECT (an IN list of 1,989 numbers); guardrails on = statement classification (deny drop, truncate, delete_without_where)."]
 open("bench/out/pg.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

@@ -1,4 +1,4 @@
-# Shared by image/build, image/test and scripts/build-static's callers: a
+# Shared by image/build, image/test and scripts/test-aarch64: a
 # private APT configuration (own sources list, lists and cache dirs; /etc/apt
 # is left alone) that sees bookworm, its updates, security and backports, for
 # either architecture.
@@ -25,6 +25,7 @@ Dir::State::Lists "$d/lists";
 Dir::Cache "$d/cache";
 APT::Architecture "$arch";
 APT::Architectures { "$arch"; };
+APT::Sandbox::User "root";
 CONF
   fi
   # Refresh the lists at most once a day (CI reruns stay offline-fast).

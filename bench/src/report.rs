@@ -359,6 +359,7 @@ impl Report {
         }
 
         w.push_str(&crate::active::markdown(self.active.as_ref()));
+        w.push_str("\nProfiles, fixes and before/after figures: [PROFILE.md](PROFILE.md).\n");
         w.push_str(&crate::alloc::markdown(self.alloc.as_ref()));
         let _ = writeln!(w, "\n## Machine and build\n");
         let m = &self.machine;

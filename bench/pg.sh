@@ -20,7 +20,8 @@
 #   REPS=1 DURATION=3 bench/pg.sh   # smoke run
 #
 # Builds the binaries with the `bench-quick` profile (release code, no LTO)
-# and the appliance's `bench` feature (the plain listener of setup (c)).
+# and the appliance's `bench` feature (the plain listener of setup (c)) and
+# `count-alloc` feature (allocations per transaction, read with SIGUSR1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -29,7 +30,9 @@ DURATION=${DURATION:-10}
 SCALE=${SCALE:-10}
 
 scripts/install-deps
-cargo build -q --profile bench-quick -p appliance --features bench --bins
+# count-alloc: the appliance counts its heap allocations and reports them on
+# SIGUSR1 (two relaxed atomic adds per allocation), for allocations per statement.
+cargo build -q --profile bench-quick -p appliance --features bench,count-alloc --bins
 cargo build -q --profile bench-quick -p tunnel-lite --bins
 APPLIANCE=$ROOT/target/bench-quick/appliance
 TUNNEL_LITE=$ROOT/target/bench-quick/tunnel-lite
@@ -177,6 +180,15 @@ for _ in $(seq 100); do (echo > "/dev/tcp/$MADDR/5432") 2>/dev/null && break; sl
 AP_PID=${PIDS[-2]}; TL_PID=${PIDS[-1]}
 BOUNCER_PID=$(pgrep -u postgres -f "^pgbouncer $D/bouncer/pgbouncer.ini" | head -n1)
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+# The appliance's allocation count so far (SIGUSR1, then its new log line).
+allocs() {
+  local before; before=$(grep -c '^alloc-count' "$D/appliance.log" || true)
+  kill -USR1 "$AP_PID"
+  for _ in $(seq 100); do
+    [ "$(grep -c '^alloc-count' "$D/appliance.log" || true)" -gt "$before" ] && break; sleep 0.02
+  done
+  grep '^alloc-count' "$D/appliance.log" | tail -n1 | sed 's/.*allocations=\([0-9]*\).*/\1/'
+}
 declare -A PROXY
 PROXY[direct]=""; PROXY[pgbouncer]=$BOUNCER_PID
 PROXY[appliance]=$AP_PID; PROXY[appliance_masked]=$AP_PID; PROXY[appliance_guarded]=$AP_PID
@@ -212,16 +224,18 @@ RESULTS=$D/results.tsv
 for rep in $(seq "$REPS"); do
   for w in "${WORKLOADS[@]}"; do
     for s in ${SETUPS[$w]}; do
-      before=$(ticks ${PROXY[$s]})
+      before=$(ticks ${PROXY[$s]}); a0=$(allocs)
       out=$(PGPASSWORD=$PW pgbench -n -T "$DURATION" ${ARGS[$w]} -h "${HOST[$s]}" -p "${PORT[$s]}" -U app postgres 2>&1) || {
         echo "pgbench failed for $s/$w:"; echo "$out"; exit 1; }
-      after=$(ticks ${PROXY[$s]})
+      after=$(ticks ${PROXY[$s]}); a1=$(allocs)
       tps=$(awk '/^tps = / {print $3; exit}' <<<"$out")
       lat=$(awk '/^latency average = / {print $4; exit}' <<<"$out")
       failed=$(awk -F': ' '/number of failed transactions/ {print $2+0; exit}' <<<"$out")
       txns=$(awk '/number of transactions actually processed/ {split($NF, a, "/"); print a[1]; exit}' <<<"$out")
       cpu_us=$(python3 -c "print(round(($after - $before) / $TCK * 1e6 / max(1, $txns), 1))")
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$w" "$s" "$tps" "$lat" "${failed:-0}" "$cpu_us" >> "$RESULTS"
+      # Appliance allocations per transaction (only meaningful where the appliance is on the path).
+      apt=$(python3 -c "print(round(($a1 - $a0) / max(1, $txns), 1))")
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$w" "$s" "$tps" "$lat" "${failed:-0}" "$cpu_us" "$apt" >> "$RESULTS"
       printf 'rep %s  %-16s %-17s tps %10s  latency %8s ms  proxy cpu %8s us/txn\n' "$rep" "$w" "$s" "$tps" "$lat" "$cpu_us"
     done
   done
@@ -233,10 +247,10 @@ import json, statistics, sys, subprocess, datetime, platform
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 reps, duration, scale = sys.argv[2], sys.argv[3], sys.argv[4]
 data = {}
-for rep, w, s, tps, lat, failed, cpu in rows:
-    d = data.setdefault(w, {}).setdefault(s, {"tps": [], "latency_ms": [], "failed": 0, "cpu": []})
+for rep, w, s, tps, lat, failed, cpu, apt in rows:
+    d = data.setdefault(w, {}).setdefault(s, {"tps": [], "latency_ms": [], "failed": 0, "cpu": [], "allocs": []})
     d["tps"].append(float(tps)); d["latency_ms"].append(float(lat)); d["failed"] += int(failed)
-    d["cpu"].append(float(cpu))
+    d["cpu"].append(float(cpu)); d["allocs"].append(float(apt))
 summary = {}
 for w, per in data.items():
     direct = statistics.median(per["direct"]["tps"])
@@ -247,7 +261,8 @@ for w, per in data.items():
         summary[w][s] = {"tps_median": t, "tps_runs": d["tps"], "ratio_to_direct": round(t / direct, 3),
                          "latency_ms_median": l, "latency_added_us": round((l - direct_lat) * 1000, 1),
                          "failed_transactions": d["failed"],
-                         "proxy_cpu_us_per_txn": statistics.median(d["cpu"])}
+                         "proxy_cpu_us_per_txn": statistics.median(d["cpu"]),
+                         "appliance_allocations_per_txn": statistics.median(d["allocs"])}
 def sh(c):
     try: return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
     except Exception: return ""
@@ -264,13 +279,14 @@ names = {"direct": "(a) direct", "pgbouncer": "(b) PgBouncer session", "applianc
          "appliance_guarded": "(c) appliance alone, guardrails on"}
 lines = [f"PostgreSQL gateway, pgbench scale {scale}, {duration} s runs, medians of {reps} interleaved repetitions",
          f"({meta['date']}, {meta['machine']['nproc']} cores {meta['machine']['cpu']}, {meta['versions']['postgres']}, commit {meta['versions']['commit']})", "",
-         "| workload | setup | tps (median) | x direct | latency avg (ms) | added (us) | proxy CPU (us/txn) | failed |", "|---|---|---|---|---|---|---|---|"]
+         "| workload | setup | tps (median) | x direct | latency avg (ms) | added (us) | proxy CPU (us/txn) | appliance allocations/txn | failed |", "|---|---|---|---|---|---|---|---|---|"]
 for w in ["select_only", "prepared_select", "tpcb", "latency_c1", "rows_100k", "classify_short", "classify_10k"]:
     for s in ["direct", "pgbouncer", "appliance", "appliance_guarded", "appliance_masked", "full", "full_masked"]:
         r = summary[w].get(s)
         if r is None: continue
         cpu = f"{r['proxy_cpu_us_per_txn']:.1f}" if s != "direct" else "-"
-        lines.append(f"| {w} | {names[s]} | {r['tps_median']:.0f} | {r['ratio_to_direct']:.2f}x | {r['latency_ms_median']:.3f} | {r['latency_added_us']:+.0f} | {cpu} | {r['failed_transactions']} |")
+        al = f"{r['appliance_allocations_per_txn']:.1f}" if s.startswith(("appliance", "full")) else "-"
+        lines.append(f"| {w} | {names[s]} | {r['tps_median']:.0f} | {r['ratio_to_direct']:.2f}x | {r['latency_ms_median']:.3f} | {r['latency_added_us']:+.0f} | {cpu} | {al} | {r['failed_transactions']} |")
 lines += ["", "rows_100k: one transaction is one `SELECT * FROM people` of 100,000 rows (5 columns); rows/s = tps x 100,000.",
           "classify_short / classify_10k: one client, a 52-byte SELECT / a 10.9 KB SELECT (an IN list of 1,989 numbers); guardrails on = statement classification (deny drop, truncate, delete_without_where)."]
 open("bench/out/pg.md", "w").write("\n".join(lines) + "\n")

@@ -70,8 +70,9 @@ async fn handle_connection(
         Some(p) if p == tunnel_lite::wire::ALPN => {
             tunnel::handle(Box::new(tls), peer, deadline, shared).await
         }
+        // Boxed: the API server's future is large and most connections are tunnels.
         Some(p) if p == crate::tls::ALPN_HTTP => {
-            crate::api::serve_connection(tls, peer, shared).await
+            Box::pin(crate::api::serve_connection(tls, peer, shared)).await
         }
         _ => tracing::debug!(%peer, "client offered no known ALPN protocol; closing"),
     }
@@ -122,5 +123,24 @@ pub async fn serve_bench(
             )
             .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod future_sizes {
+    //! A spawned task is allocated (and copied) at the size of its future's
+    //! largest state, for every connection. The protocol gateways' futures
+    //! are boxed so a connection carries only what its own kind needs; this
+    //! keeps that from regressing (unboxed, the task was over 32 KiB).
+    fn size4<A, B, C, D, F>(_: impl Fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn connection_task_stays_small() {
+        let task = size4(super::handle_connection);
+        assert!(task < 16 * 1024, "connection task future is {task} bytes");
+        let proxy = size4(crate::proxy::serve);
+        assert!(proxy < 2 * 1024, "proxy::serve future is {proxy} bytes");
     }
 }

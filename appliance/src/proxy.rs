@@ -99,6 +99,11 @@ pub fn serves(kind: ConnectionKind) -> bool {
 
 /// Serves one admitted session with the proxy for its kind. `pending` holds
 /// laptop bytes that arrived with the tunnel header.
+///
+/// The protocol gateways' futures are boxed: a spawned task is allocated at
+/// the size of its largest state, so without the boxes every session (a
+/// plain TCP one too) would carry the PostgreSQL or SSH gateway's state
+/// (tens of KiB) from its first byte.
 pub async fn serve(
     mut stream: TunnelStream,
     upstream: Option<TcpStream>,
@@ -112,10 +117,14 @@ pub async fn serve(
             end
         }
         (ConnectionKind::Postgres, upstream) => {
-            postgres::serve(stream, upstream, pending, ctx).await
+            Box::pin(postgres::serve(stream, upstream, pending, ctx)).await
         }
-        (ConnectionKind::Ssh, upstream) => ssh::serve(stream, upstream, pending, ctx).await,
-        (ConnectionKind::Http, upstream) => http::serve(stream, upstream, pending, ctx).await,
+        (ConnectionKind::Ssh, upstream) => {
+            Box::pin(ssh::serve(stream, upstream, pending, ctx)).await
+        }
+        (ConnectionKind::Http, upstream) => {
+            Box::pin(http::serve(stream, upstream, pending, ctx)).await
+        }
         (kind, None) => SessionEnd {
             bytes_up: 0,
             bytes_down: 0,

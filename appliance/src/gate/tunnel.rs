@@ -72,18 +72,27 @@ pub(super) async fn handle(
             }
         };
     // The decode succeeded in read_header; decode again to borrow from `buf`.
-    let Ok(Some((req, _))) = wire::decode_request(&buf[..header_len]) else {
-        return;
+    // What the session needs is copied out, so the header buffer is not part
+    // of the task's state for the rest of the session.
+    let (claims, target, port, pending) = {
+        let Ok(Some((req, _))) = wire::decode_request(&buf[..header_len]) else {
+            return;
+        };
+        (
+            shared.signer.verify(req.token),
+            String::from(req.target),
+            req.port,
+            Bytes::copy_from_slice(&buf[header_len..]),
+        )
     };
-    let pending = Bytes::copy_from_slice(&buf[header_len..]);
-    let claims = shared.signer.verify(req.token);
+    drop(buf);
     serve_admitted(
         stream,
         peer,
         shared,
         claims,
-        req.target,
-        req.port,
+        &target,
+        port,
         pending,
         Framing::Tunnel,
     )

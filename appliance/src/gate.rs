@@ -131,7 +131,8 @@ mod future_sizes {
     //! A spawned task is allocated (and copied) at the size of its future's
     //! largest state, for every connection. The protocol gateways' futures
     //! are boxed so a connection carries only what its own kind needs; this
-    //! keeps that from regressing (unboxed, the task was over 32 KiB).
+    //! keeps that from regressing (unboxed, the task was over 32 KiB; now
+    //! about 7.5 KiB in a debug build).
     fn size4<A, B, C, D, F>(_: impl Fn(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()
     }
@@ -139,7 +140,7 @@ mod future_sizes {
     #[test]
     fn connection_task_stays_small() {
         let task = size4(super::handle_connection);
-        assert!(task < 16 * 1024, "connection task future is {task} bytes");
+        assert!(task < 12 * 1024, "connection task future is {task} bytes");
         let proxy = size4(crate::proxy::serve);
         assert!(proxy < 2 * 1024, "proxy::serve future is {proxy} bytes");
     }

@@ -731,7 +731,9 @@ async fn a_refused_tunnel_reaches_psql_as_an_error_message() {
     while std::time::Instant::now() < deadline {
         let out = p.psql(&["-c", "select 1"]);
         refused = text(&out);
-        if refused.contains("revoked") {
+        // Until the appliance has seen the revocation, a session may still be
+        // admitted and then closed by it ("identity revoked"): try again.
+        if refused.contains("has been revoked") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

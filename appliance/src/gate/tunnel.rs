@@ -27,6 +27,39 @@ pub(super) async fn handle(
     deadline: tokio::time::Instant,
     shared: Arc<Shared>,
 ) {
+    // The header phase is its own future, so its buffer shares the task's
+    // storage with the session's state instead of adding to it.
+    let Some(header) = header_phase(&mut stream, peer, deadline, &shared).await else {
+        return;
+    };
+    serve_admitted(
+        stream,
+        peer,
+        shared,
+        header.claims,
+        &header.target,
+        header.port,
+        header.pending,
+        Framing::Tunnel,
+    )
+    .await;
+}
+
+/// What the session needs from a tunnel header.
+struct Header {
+    claims: Result<crate::identity::SessionClaims, crate::identity::IdentityError>,
+    target: String,
+    port: u16,
+    pending: Bytes,
+}
+
+/// Reads and decodes the tunnel header (refusing malformed or late ones).
+async fn header_phase(
+    stream: &mut TunnelStream,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+    shared: &Arc<Shared>,
+) -> Option<Header> {
     let mut buf = HeaderBuf::new();
     let unidentified = RequestInfo {
         peer,
@@ -39,64 +72,52 @@ pub(super) async fn handle(
         reason,
         identity: None,
     };
-    let header_len =
-        match tokio::time::timeout_at(deadline, read_header(&mut stream, &mut buf)).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(HeaderError::Wire(e))) => {
-                let status = match e {
-                    WireError::UnsupportedVersion(_) => Status::UnsupportedVersion,
-                    _ => Status::MalformedRequest,
-                };
-                let reason = format!("malformed tunnel header: {e}");
-                refuse(
-                    &mut stream,
-                    &shared,
-                    &unidentified,
-                    unidentified_refusal(status, reason),
-                )
-                .await;
-                return;
-            }
-            Ok(Err(HeaderError::Io(e))) => {
-                tracing::debug!(%peer, error = %e, "tunnel closed before its header");
-                return;
-            }
-            Err(_) => {
-                let reason = format!(
-                    "tunnel header not received within {:?}",
-                    shared.cfg.header_timeout
-                );
-                let refusal = unidentified_refusal(Status::MalformedRequest, reason);
-                refuse(&mut stream, &shared, &unidentified, refusal).await;
-                return;
-            }
-        };
+    let header_len = match tokio::time::timeout_at(deadline, read_header(stream, &mut buf)).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(HeaderError::Wire(e))) => {
+            let status = match e {
+                WireError::UnsupportedVersion(_) => Status::UnsupportedVersion,
+                _ => Status::MalformedRequest,
+            };
+            let reason = format!("malformed tunnel header: {e}");
+            refuse(
+                stream,
+                shared,
+                &unidentified,
+                unidentified_refusal(status, reason),
+            )
+            .await;
+            return None;
+        }
+        Ok(Err(HeaderError::Io(e))) => {
+            tracing::debug!(%peer, error = %e, "tunnel closed before its header");
+            return None;
+        }
+        Err(_) => {
+            let reason = format!(
+                "tunnel header not received within {:?}",
+                shared.cfg.header_timeout
+            );
+            let refusal = unidentified_refusal(Status::MalformedRequest, reason);
+            refuse(stream, shared, &unidentified, refusal).await;
+            return None;
+        }
+    };
     // The decode succeeded in read_header; decode again to borrow from `buf`.
     // What the session needs is copied out, so the header buffer is not part
     // of the task's state for the rest of the session.
-    let (claims, target, port, pending) = {
+    let header = {
         let Ok(Some((req, _))) = wire::decode_request(&buf[..header_len]) else {
-            return;
+            return None;
         };
-        (
-            shared.signer.verify(req.token),
-            String::from(req.target),
-            req.port,
-            Bytes::copy_from_slice(&buf[header_len..]),
-        )
+        Header {
+            claims: shared.signer.verify(req.token),
+            target: String::from(req.target),
+            port: req.port,
+            pending: Bytes::copy_from_slice(&buf[header_len..]),
+        }
     };
-    drop(buf);
-    serve_admitted(
-        stream,
-        peer,
-        shared,
-        claims,
-        &target,
-        port,
-        pending,
-        Framing::Tunnel,
-    )
-    .await;
+    Some(header)
 }
 
 /// Whether the laptop side speaks the tunnel protocol (status answer) or is

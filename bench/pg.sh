@@ -93,32 +93,23 @@ as_pg pgbouncer "$D/bouncer/pgbouncer.ini" >/dev/null 2>&1 & PIDS+=($!)
 "$APPLIANCE" policy keygen --out "$D/keys" >/dev/null
 mkdir -p "$D/appliance/policy"
 ( umask 077; printf 'pg_password = "%s"\n' "$PW" > "$D/secrets.toml" )
+# One plain benchmark listener, and one postgres connection (with extra TOML).
+listener() {
+  printf '[[bench_listener]]\nlisten = "127.0.0.1:%s"\ntarget = "%s"\nport = 5432\nuser = "bench"\ngroups = ["bench"]\n' "$1" "$2"
+}
+connection() {
+  printf '[[connection]]\nname = "%s"\nkind = "postgres"\nupstream = "127.0.0.1:%s"\nallow_groups = ["bench"]\n' "$1" "$PG_PORT"
+  printf '[connection.secrets]\npassword = "pg_password"\n[connection.postgres]\nuser = "app"\n%s\n' "${2:-}"
+}
 cat > "$D/appliance.toml" <<EOF
 listen = "127.0.0.1:$AP_PORT"
 data_dir = "appliance"
 trusted_policy_keys = ["keys/policy.pub"]
 secrets_file = "secrets.toml"
 
-[[bench_listener]]
-listen = "127.0.0.1:$PLAIN_PORT"
-target = "pg-bench"
-port = 5432
-user = "bench"
-groups = ["bench"]
-
-[[bench_listener]]
-listen = "127.0.0.1:$PLAIN_GUARDED_PORT"
-target = "pg-bench-guarded"
-port = 5432
-user = "bench"
-groups = ["bench"]
-
-[[bench_listener]]
-listen = "127.0.0.1:$PLAIN_MASKED_PORT"
-target = "pg-bench-masked"
-port = 5432
-user = "bench"
-groups = ["bench"]
+$(listener "$PLAIN_PORT" pg-bench)
+$(listener "$PLAIN_GUARDED_PORT" pg-bench-guarded)
+$(listener "$PLAIN_MASKED_PORT" pg-bench-masked)
 EOF
 cat > "$D/policy.toml" <<EOF
 version = 1
@@ -127,40 +118,12 @@ issuer = "https://idp.bench.invalid"
 audience = "appliance"
 jwks = '{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"b"}]}'
 
-[[connection]]
-name = "pg-bench"
-kind = "postgres"
-upstream = "127.0.0.1:$PG_PORT"
-allow_groups = ["bench"]
-[connection.secrets]
-password = "pg_password"
-[connection.postgres]
-user = "app"
-
-[[connection]]
-name = "pg-bench-masked"
-kind = "postgres"
-upstream = "127.0.0.1:$PG_PORT"
-allow_groups = ["bench"]
-[connection.secrets]
-password = "pg_password"
-[connection.postgres]
-user = "app"
-[connection.postgres.masking]
+$(connection pg-bench)
+$(connection pg-bench-masked '[connection.postgres.masking]
 columns = ["people.email", "people.ssn"]
-detectors = ["email", "credit_card"]
-
-[[connection]]
-name = "pg-bench-guarded"
-kind = "postgres"
-upstream = "127.0.0.1:$PG_PORT"
-allow_groups = ["bench"]
-[connection.secrets]
-password = "pg_password"
-[connection.postgres]
-user = "app"
-[connection.postgres.guardrails]
-deny = ["drop", "truncate", "delete_without_where"]
+detectors = ["email", "credit_card"]')
+$(connection pg-bench-guarded '[connection.postgres.guardrails]
+deny = ["drop", "truncate", "delete_without_where"]')
 EOF
 "$APPLIANCE" policy sign --key "$D/keys/policy.key" "$D/policy.toml" >/dev/null
 cp "$D/policy.toml" "$D/policy.toml.minisig" "$D/appliance/policy/"
@@ -171,10 +134,15 @@ FP=$("$APPLIANCE" fingerprint --config "$D/appliance.toml")
 export TUNNEL_LITE_CONFIG_DIR=$D/tl
 "$TUNNEL_LITE" login --appliance "127.0.0.1:$AP_PORT" --fingerprint "$FP" --session-token-file "$D/token" >/dev/null
 TUNNEL_LITE_LOG=warn "$TUNNEL_LITE" up --dns-listen "127.0.0.1:$DNS_PORT" 2>"$D/tl.log" & PIDS+=($!)
-for _ in $(seq 100); do ADDR=$(dig +short -p "$DNS_PORT" @127.0.0.1 pg-bench.hoop 2>/dev/null); [ -n "$ADDR" ] && break; sleep 0.1; done
-for _ in $(seq 100); do (echo > "/dev/tcp/$ADDR/5432") 2>/dev/null && break; sleep 0.1; done
-for _ in $(seq 100); do MADDR=$(dig +short -p "$DNS_PORT" @127.0.0.1 pg-bench-masked.hoop 2>/dev/null); [ -n "$MADDR" ] && break; sleep 0.1; done
-for _ in $(seq 100); do (echo > "/dev/tcp/$MADDR/5432") 2>/dev/null && break; sleep 0.1; done
+# The loopback address tunnel-lite gives NAME.hoop, once it accepts connections.
+tunnel_addr() {
+  local a=""
+  for _ in $(seq 100); do a=$(dig +short -p "$DNS_PORT" @127.0.0.1 "$1.hoop" 2>/dev/null); [ -n "$a" ] && break; sleep 0.1; done
+  for _ in $(seq 100); do (echo > "/dev/tcp/$a/5432") 2>/dev/null && break; sleep 0.1; done
+  echo "$a"
+}
+ADDR=$(tunnel_addr pg-bench)
+MADDR=$(tunnel_addr pg-bench-masked)
 
 # CPU time (user + system, in clock ticks) of the proxy processes of a setup.
 AP_PID=${PIDS[-2]}; TL_PID=${PIDS[-1]}

@@ -108,6 +108,9 @@ pub struct Masker<'a> {
     side: Option<SideConn>,
     /// Table OID -> (attnum, the name that decides masking).
     relations: HashMap<u32, Vec<(i16, ColumnName)>>,
+    /// Table OID -> (attnum, the relation's own column name), from the same
+    /// lookup (COPY lists columns by their own names).
+    own: HashMap<u32, Vec<(i16, String)>>,
 }
 
 type Lookup<'f> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'f>>;
@@ -120,6 +123,7 @@ impl<'a> Masker<'a> {
             login,
             side: None,
             relations: HashMap::new(),
+            own: HashMap::new(),
         }
     }
 
@@ -199,7 +203,7 @@ impl<'a> Masker<'a> {
         let masked = if spec.columns.is_empty() {
             entries.iter().map(|(_, c)| self.rules.matches(c)).collect()
         } else {
-            let own = self.own_columns(oid).await?;
+            let own = self.own.get(&oid).cloned().unwrap_or_default();
             spec.columns
                 .iter()
                 .map(|listed| {
@@ -218,21 +222,10 @@ impl<'a> Masker<'a> {
         })
     }
 
-    /// A relation's own column names by attnum (COPY lists them by name).
-    async fn own_columns(&mut self, oid: u32) -> Result<Vec<(i16, String)>, String> {
-        let rows = self
-            .query(&COLUMNS_SQL.replace("$1", &oid.to_string()))
-            .await?;
-        Ok(relation_from(&rows)?
-            .columns
-            .into_iter()
-            .map(|(a, c)| (a, c.column))
-            .collect())
-    }
-
     /// Forgets every cached relation (after DDL in this session).
     pub fn forget(&mut self) {
         self.relations.clear();
+        self.own.clear();
     }
 
     /// Looks relation `oid` up (views: also what they reference) into the cache.
@@ -244,6 +237,8 @@ impl<'a> Masker<'a> {
             let oid_text = oid.to_string();
             let rows = self.query(&COLUMNS_SQL.replace("$1", &oid_text)).await?;
             let rel = relation_from(&rows)?;
+            let own_names = rel.columns.iter().map(|(a, c)| (*a, c.column.clone()));
+            self.own.insert(oid, own_names.collect());
             if !rel.is_view() {
                 self.relations.insert(oid, rel.table_entries());
                 return Ok(());

@@ -424,6 +424,9 @@ async fn large_bodies_stream_both_ways() {
     // Nothing held a whole body: this process's peak memory barely moved.
     let grew_mib = vm_hwm_kib().saturating_sub(before) / 1024;
     assert!(grew_mib < 100, "peak memory grew by {grew_mib} MiB");
+    // Completion records are written as each response finishes, possibly
+    // just after curl returned: wait for the sessions to end first.
+    assert!(e2e::eventually(Duration::from_secs(5), || app.live_sessions() == 0).await);
     let recs = http_records(&app, &app_name).await;
     assert!(recs.iter().any(|r| r.record.bytes_up == Some(SIZE)));
     assert!(recs.iter().any(|r| r.record.bytes_down == Some(SIZE)));
@@ -445,11 +448,21 @@ async fn strict_audit_records_a_request_before_it_is_forwarded() {
     let (app, tl, at) = start(&conns, "alice@example.com", &[&name]).await;
     let r = curl(at[&name], &name, "/echo", &[]);
     assert_eq!(r.status, 200, "{}", r.stderr);
-    let outcomes: Vec<String> = http_records(&app, &name)
-        .await
-        .iter()
-        .filter_map(|r| r.record.outcome.clone())
-        .collect();
+    // The "forwarded" record is durable before the request left; the
+    // completion record is written once the response has gone out, which can
+    // be just after curl returns, so wait for it.
+    let mut outcomes: Vec<String> = Vec::new();
+    for _ in 0..200 {
+        outcomes = http_records(&app, &name)
+            .await
+            .iter()
+            .filter_map(|r| r.record.outcome.clone())
+            .collect();
+        if outcomes.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     assert_eq!(outcomes, vec!["forwarded".to_string(), "ok".to_string()]);
     tl.stop().await;
     app.stop().await;

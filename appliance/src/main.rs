@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use appliance::audit::{self, AuditConfig, AuditFilter, AuditKind, AuditRecord};
 use appliance::config::RuntimeConfig;
@@ -170,11 +172,12 @@ fn main() {
         _ => "warn",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("APPLIANCE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
         .with_writer(std::io::stderr)
+        .finish()
+        .with(tunnel_lite::logging::filter_from_env(
+            "APPLIANCE_LOG",
+            default_level,
+        ))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

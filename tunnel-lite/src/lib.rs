@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod dns;
 pub mod dns_setup;
 pub mod http;
+pub mod logging;
 pub mod login;
 pub mod pgrefusal;
 pub mod relay;

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const RELAY_BUF: usize = 16 * 1024;
 
 /// Bytes held per direction until a read fills them.
-pub const INITIAL_BUF: usize = 2 * 1024;
+pub const INITIAL_BUF: usize = 1024;
 
 /// Which side ended the relay first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -221,6 +221,14 @@ impl Report {
             self.mode, self.date, self.duration_secs
         );
         let _ = writeln!(w, "```\n{}\n```\n", self.command);
+        let _ = writeln!(
+            w,
+            "Other results, each from its own command: the PostgreSQL gateway in \
+             [POSTGRES.md](POSTGRES.md) (`bench/pg.sh`), the static binaries' sizes and idle \
+             memory against their budgets in [STATIC.md](STATIC.md) (`scripts/build-static`), \
+             profiles and before/after figures in [PROFILE.md](PROFILE.md). `bench/all` runs \
+             this harness, pg.sh and the HTTP and SSH gateway benchmarks in one go.\n"
+        );
         for n in &self.notes {
             let _ = writeln!(w, "> {n}\n");
         }

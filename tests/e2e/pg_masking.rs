@@ -242,3 +242,58 @@ async fn binary_results_prepared_statements_and_pipelines_are_masked() {
     p.tl.stop().await;
     p.app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_sessions_ddl_cannot_unmask_a_cached_relation() {
+    let p = masked_path().await;
+    let (client, task) = crate::postgres::driver(&p).await;
+    let ssn = keep4("123-45-6789");
+    // This session caches customers and the customer_contacts view.
+    let row = client
+        .query_one("SELECT name FROM customers WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "Alice");
+    let row = client
+        .query_one("SELECT name FROM customer_contacts WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "Alice");
+
+    // Another session adds a column that the rules mask ("*.salary") and
+    // copies data into it; this session reads it under an alias (no label
+    // to match): the unknown column makes the relation be looked up again.
+    p.pg.psql(
+        "ALTER TABLE customers RENAME COLUMN salary TO old_salary; \
+         ALTER TABLE customers ADD COLUMN salary int4; \
+         UPDATE customers SET salary = old_salary;",
+    );
+    let row = client
+        .query_one("SELECT salary AS pay FROM customers WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 0, "added column read unmasked");
+
+    // Another session replaces the view so that a plain column now reads a
+    // masked one: picked up once the cached entry expires.
+    p.pg.psql(
+        "CREATE OR REPLACE VIEW customer_contacts AS \
+         SELECT id, ssn AS name, email, lower(email) AS email_lc, 'x' || ssn AS tagged FROM customers;",
+    );
+    tokio::time::sleep(
+        appliance::proxy::postgres::masker::CATALOG_TTL + std::time::Duration::from_millis(500),
+    )
+    .await;
+    let row = client
+        .query_one(
+            "SELECT name AS who FROM customer_contacts WHERE id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), ssn, "replaced view read unmasked");
+    drop(client);
+    let _ = task.await;
+    p.tl.stop().await;
+    p.app.stop().await;
+}

@@ -115,7 +115,10 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .finish()
-        .with(tunnel_lite::logging::filter_from_env("TUNNEL_LITE_LOG", "info"))
+        .with(tunnel_lite::logging::filter_from_env(
+            "TUNNEL_LITE_LOG",
+            "info",
+        ))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -3,12 +3,19 @@
 //! connection of the gateway's own (same login and database as the session,
 //! opened at the first lookup) and caching each relation for the session.
 //! Any lookup that fails fails closed: the caller ends the session.
+//!
+//! Other sessions' DDL is not seen by this session's relay, so the cache
+//! cannot trust itself for long: a relation is looked up again when a result
+//! names a column its cached entry lacks (a column added elsewhere), and every
+//! entry expires after [`CATALOG_TTL`] (a column renamed or a view replaced
+//! elsewhere is picked up within that time). This session's own DDL clears
+//! the cache at once ([`Masker::forget`]).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::codec::backend::RowDescription;
 use super::codec::ProtocolVersion;
@@ -26,6 +33,9 @@ use crate::secrets::Secret;
 /// Views over views are followed this deep; deeper ones are judged by what
 /// they read (conservative).
 const MAX_VIEW_DEPTH: u8 = 16;
+
+/// How long a cached relation is trusted before it is looked up again.
+pub const CATALOG_TTL: Duration = Duration::from_secs(10);
 
 /// Columns a COPY row may have when nothing says how many (PostgreSQL's
 /// limit per table).
@@ -111,6 +121,8 @@ pub struct Masker<'a> {
     /// Table OID -> (attnum, the relation's own column name), from the same
     /// lookup (COPY lists columns by their own names).
     own: HashMap<u32, Vec<(i16, String)>>,
+    /// Table OID -> when it was looked up ([`CATALOG_TTL`]).
+    fetched: HashMap<u32, Instant>,
 }
 
 type Lookup<'f> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'f>>;
@@ -124,6 +136,7 @@ impl<'a> Masker<'a> {
             side: None,
             relations: HashMap::new(),
             own: HashMap::new(),
+            fetched: HashMap::new(),
         }
     }
 
@@ -138,7 +151,21 @@ impl<'a> Masker<'a> {
                 .collect();
             oids.sort_unstable();
             oids.dedup();
-            for oid in oids {
+            self.expire(Instant::now());
+            for oid in &oids {
+                self.resolve(*oid, 0).await?;
+            }
+            // A column the cached entry lacks was added since (by another
+            // session): look the relation up again before planning.
+            let mut stale: Vec<u32> = desc
+                .fields()
+                .filter(|f| f.table_oid != 0 && f.column_id > 0)
+                .filter(|f| column(&self.relations, f.table_oid, f.column_id).is_none())
+                .map(|f| f.table_oid)
+                .collect();
+            stale.dedup();
+            for oid in stale {
+                self.drop_relation(oid);
                 self.resolve(oid, 0).await?;
             }
         }
@@ -226,6 +253,26 @@ impl<'a> Masker<'a> {
     pub fn forget(&mut self) {
         self.relations.clear();
         self.own.clear();
+        self.fetched.clear();
+    }
+
+    /// Forgets the relations looked up more than [`CATALOG_TTL`] before `now`.
+    fn expire(&mut self, now: Instant) {
+        let old: Vec<u32> = self
+            .fetched
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) > CATALOG_TTL)
+            .map(|(oid, _)| *oid)
+            .collect();
+        for oid in old {
+            self.drop_relation(oid);
+        }
+    }
+
+    fn drop_relation(&mut self, oid: u32) {
+        self.relations.remove(&oid);
+        self.own.remove(&oid);
+        self.fetched.remove(&oid);
     }
 
     /// Looks relation `oid` up (views: also what they reference) into the cache.
@@ -239,6 +286,7 @@ impl<'a> Masker<'a> {
             let rel = relation_from(&rows)?;
             let own_names = rel.columns.iter().map(|(a, c)| (*a, c.column.clone()));
             self.own.insert(oid, own_names.collect());
+            self.fetched.insert(oid, Instant::now());
             if !rel.is_view() {
                 self.relations.insert(oid, rel.table_entries());
                 return Ok(());

@@ -30,7 +30,7 @@ use tunnel_lite::api::{
 use tunnel_lite::login::DeviceFlowInfo;
 
 use crate::audit::{AuditKind, AuditRecord};
-use crate::identity::{IdentityError, SessionSigner};
+use crate::identity::{IdentityError, SessionClaims, SessionSigner};
 use crate::policy::visible_connections;
 use crate::server::Shared;
 
@@ -269,44 +269,10 @@ async fn login(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Rep
 }
 
 fn connections(req: &Request<Incoming>, shared: &Shared) -> Reply {
-    let token = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = token else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "token_missing",
-            "send the session token as `Authorization: Bearer <token>`",
-        );
+    let (identity, claims) = match bearer_session(req, shared) {
+        Ok(session) => session,
+        Err(reply) => return reply,
     };
-    let claims = match shared.signer.verify(token) {
-        Ok(c) => c,
-        Err(IdentityError::Expired { .. }) => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "token_expired",
-                "session token expired; run `tunnel-lite login` again",
-            )
-        }
-        Err(e) => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "token_invalid",
-                &format!("session token refused ({e}); run `tunnel-lite login` again"),
-            )
-        }
-    };
-    let identity = SessionSigner::identity_of(&claims);
-    if shared.revoked.borrow().contains(&identity.user) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "identity_revoked",
-            &format!("access for {} has been revoked", identity.user),
-        );
-    }
     let Some(policy) = shared.policy.borrow().clone() else {
         return policy_not_loaded();
     };
@@ -341,6 +307,15 @@ fn bearer_identity(
     req: &Request<Incoming>,
     shared: &Shared,
 ) -> Result<crate::identity::Identity, Reply> {
+    bearer_session(req, shared).map(|(identity, _)| identity)
+}
+
+/// [`bearer_identity`] with the token's claims.
+#[allow(clippy::result_large_err)]
+fn bearer_session(
+    req: &Request<Incoming>,
+    shared: &Shared,
+) -> Result<(crate::identity::Identity, SessionClaims), Reply> {
     let token = req
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -374,7 +349,7 @@ fn bearer_identity(
             &format!("access for {} has been revoked", identity.user),
         ));
     }
-    Ok(identity)
+    Ok((identity, claims))
 }
 
 fn approval_reply<T: Serialize>(r: Result<T, crate::approvals::api::ApiFailure>) -> Reply {

@@ -59,6 +59,8 @@ pub struct Shared {
     pub live: crate::events::LiveSessions,
     /// Keys the `hash` mask of PostgreSQL masking.
     pub mask_hash_key: crate::proxy::postgres::masker::MaskHashKey,
+    /// Signs the identity assertions the HTTP gateway sends upstream.
+    pub assertion_key: Arc<crate::proxy::http::assertion::AssertionKey>,
     /// IdP verifier built for the policy version it came from.
     idp: Mutex<Option<(u64, Arc<IdpVerifier>)>>,
 }
@@ -237,8 +239,13 @@ pub async fn start(cfg: RuntimeConfig) -> Result<Running, ServerError> {
     let mask_hash_key =
         crate::proxy::postgres::masker::MaskHashKey::load_or_generate(&cfg.data_dir)
             .map_err(|e| ServerError::State(cfg.data_dir.display().to_string(), e))?;
+    let assertion_key = crate::proxy::http::assertion::AssertionKey::load_or_generate(
+        &cfg.data_dir.join(crate::proxy::http::assertion::KEY_FILE),
+    )
+    .map_err(|e| ServerError::State(cfg.data_dir.display().to_string(), e))?;
     let shared = Arc::new(Shared {
         mask_hash_key,
+        assertion_key: Arc::new(assertion_key),
         policy: policy_rx,
         revoked: revoked_rx,
         signer,

@@ -18,7 +18,7 @@
 //! bounded by `hold::MAX_HELD_BODY`); outlive the session's cancellation by more
 //! than a moment.
 
-mod assertion;
+pub mod assertion;
 mod audit;
 mod body;
 mod controls;

@@ -5,11 +5,10 @@
 //! a session token. Both public keys are published in the appliance API's
 //! `GET /.well-known/jwks.json` ([`jwks`]).
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -18,7 +17,6 @@ use http::{HeaderName, HeaderValue};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
-use crate::config::RuntimeConfig;
 use crate::identity::Identity;
 use crate::server::Shared;
 
@@ -124,29 +122,12 @@ impl AssertionKey {
     }
 }
 
-/// The assertion key of the appliance using `cfg` (loaded once per data dir).
-pub fn key_for(cfg: &RuntimeConfig) -> Result<Arc<AssertionKey>, String> {
-    static KEYS: OnceLock<Mutex<HashMap<PathBuf, Arc<AssertionKey>>>> = OnceLock::new();
-    let path = cfg.data_dir.join(KEY_FILE);
-    let mut keys = KEYS
-        .get_or_init(|| Mutex::new(HashMap::new()))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(k) = keys.get(&path) {
-        return Ok(k.clone());
-    }
-    let key = Arc::new(AssertionKey::load_or_generate(&path)?);
-    keys.insert(path, key.clone());
-    Ok(key)
-}
-
 /// The appliance's JWK Set: the session-token key and the assertion key.
 pub fn jwks(shared: &Shared) -> serde_json::Value {
-    let mut keys = vec![shared.signer.public_jwk()];
-    match key_for(&shared.cfg) {
-        Ok(k) => keys.push(k.public_jwk()),
-        Err(e) => tracing::error!(error = %e, "the HTTP identity assertion key is unusable"),
-    }
+    let keys = vec![
+        shared.signer.public_jwk(),
+        shared.assertion_key.public_jwk(),
+    ];
     serde_json::json!({ "keys": keys })
 }
 

@@ -50,8 +50,6 @@ pub enum GatewayError {
     AuditUnavailable,
     #[error("the gateway cannot build the upstream credential: {0}")]
     Credential(RenderError),
-    #[error("the gateway cannot sign the identity assertion: {0}")]
-    Assertion(String),
     #[error("the upstream of {connection:?} is unreachable: {reason}")]
     UpstreamUnreachable { connection: String, reason: String },
     #[error("the upstream of {connection:?} did not accept a connection within {after:?} (connect_timeout)")]
@@ -78,9 +76,7 @@ impl GatewayError {
             GatewayError::ApprovalUnavailable(_) | GatewayError::AuditUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            GatewayError::Credential(_) | GatewayError::Assertion(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            GatewayError::Credential(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::UpstreamUnreachable { .. }
             | GatewayError::UpstreamTls { .. }
             | GatewayError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
@@ -103,7 +99,6 @@ impl GatewayError {
             GatewayError::ApprovalUnavailable(_) => "approval_unavailable",
             GatewayError::AuditUnavailable => "audit_unavailable",
             GatewayError::Credential(_) => "credential_unavailable",
-            GatewayError::Assertion(_) => "assertion_unavailable",
             GatewayError::UpstreamUnreachable { .. } => "upstream_unreachable",
             GatewayError::UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
             GatewayError::UpstreamTls { .. } => "upstream_tls",

@@ -63,11 +63,7 @@ pub async fn handle(s: Arc<Session>, mut req: Request<Incoming>) -> Response<Dow
         Ok(c) => c.as_slice(),
         Err(e) => return refuse(GatewayError::Credential(e.clone()), &accept, log),
     };
-    let assertion = match &s.asserter {
-        None => None,
-        Some(Ok(a)) => Some((&a.header, a.value())),
-        Some(Err(e)) => return refuse(GatewayError::Assertion(e.clone()), &accept, log),
-    };
+    let assertion = s.asserter.as_ref().map(|a| (&a.header, a.value()));
 
     let upgrade = headers::upgrade_protocol(req.headers());
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));

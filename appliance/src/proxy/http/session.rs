@@ -9,7 +9,7 @@ use http::{HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::assertion::{self, Asserter};
+use super::assertion::Asserter;
 use super::audit::AuditSink;
 use super::credentials;
 use super::template::RenderError;
@@ -31,7 +31,7 @@ pub struct Session {
     pub upstream: Upstream,
     /// Injected headers, or why they could not be built (names only).
     pub credentials: Result<Vec<(HeaderName, HeaderValue)>, RenderError>,
-    pub asserter: Option<Result<Asserter, String>>,
+    pub asserter: Option<Asserter>,
     pub audit: AuditSink,
     /// Upgraded (WebSocket) connections still being bridged.
     pub tasks: TaskTracker,
@@ -58,19 +58,15 @@ impl Session {
             tracing::error!(connection = %name, error = %e, "HTTP credential unavailable; requests will be refused");
         }
         let asserter = settings.identity_assertion.as_ref().map(|a| {
-            let key = assertion::key_for(&ctx.shared.cfg)?;
-            Ok(Asserter::new(
-                key,
+            Asserter::new(
+                ctx.shared.assertion_key.clone(),
                 a.header.clone(),
                 a.ttl,
                 a.audience.clone().unwrap_or_else(|| name.clone()),
                 name.clone(),
                 ctx.identity.clone(),
-            ))
+            )
         });
-        if let Some(Err(e)) = &asserter {
-            tracing::error!(connection = %name, error = %e, "identity assertion key unavailable");
-        }
         Ok(Session {
             connection: name,
             identity: ctx.identity.clone(),

@@ -26,6 +26,7 @@ Dir::Cache "$d/cache";
 APT::Architecture "$arch";
 APT::Architectures { "$arch"; };
 APT::Sandbox::User "root";
+Acquire::Retries "3";
 CONF
   fi
   # Refresh the lists at most once a day (CI reruns stay offline-fast).

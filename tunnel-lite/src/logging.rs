@@ -12,6 +12,8 @@ use tracing_subscriber::filter::Targets;
 /// default applies: a typo must not silence the logs.
 pub fn filter_from_env(var: &str, default: &str) -> Targets {
     match std::env::var(var) {
+        // Set but empty: as if unset (an empty filter would log nothing).
+        Ok(spec) if spec.trim().is_empty() => parse(default).unwrap_or_default(),
         Ok(spec) => match parse(&spec) {
             Ok(t) => t,
             Err(e) => {

@@ -163,6 +163,7 @@ impl<'a> Masker<'a> {
                 .filter(|f| column(&self.relations, f.table_oid, f.column_id).is_none())
                 .map(|f| f.table_oid)
                 .collect();
+            stale.sort_unstable();
             stale.dedup();
             for oid in stale {
                 self.drop_relation(oid);
@@ -225,6 +226,9 @@ impl<'a> Masker<'a> {
             .and_then(|r| r.first().cloned().flatten())
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("relation {} not found", name.join(".")))?;
+        // COPY lists every column without a description to check against:
+        // always plan it from a fresh lookup (one query per COPY).
+        self.drop_relation(oid);
         self.resolve(oid, 0).await?;
         let entries = self.relations.get(&oid).cloned().unwrap_or_default();
         let masked = if spec.columns.is_empty() {

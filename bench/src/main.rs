@@ -11,6 +11,7 @@ mod active;
 mod alloc;
 mod dns;
 mod measure;
+mod pgsummary;
 mod report;
 mod setups;
 mod stats;
@@ -566,6 +567,9 @@ async fn run(args: Args) -> Result<()> {
         targets: Vec::new(),
         phase_secs: clock.0,
         notes,
+        postgres: std::fs::read_to_string(bench_dir.join("POSTGRES.md"))
+            .ok()
+            .and_then(|md| pgsummary::excerpt(&md)),
     };
     report.targets = targets(&report);
     report.duration_secs = started.elapsed().as_secs_f64();

@@ -33,6 +33,9 @@ pub struct Report {
     /// Wall time per phase and setup, summed over repetitions.
     pub phase_secs: Vec<Phase>,
     pub notes: Vec<String>,
+    /// POSTGRES.md's target table and profile (bench/pg.sh's results), when present.
+    #[serde(skip)]
+    pub postgres: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -449,6 +452,15 @@ impl Report {
         let _ = writeln!(w, "| phase | seconds |\n|---|---|");
         for ph in &self.phase_secs {
             let _ = writeln!(w, "| {} | {:.1} |", ph.phase, ph.secs);
+        }
+        if let Some(pg) = &self.postgres {
+            let _ = writeln!(
+                w,
+                "\n## PostgreSQL gateway: targets and what stands in the way\n\n\
+                 Copied from [POSTGRES.md](POSTGRES.md) (`bench/pg.sh`, run separately: it needs \
+                 PostgreSQL, PgBouncer and pgbench; its date and full tables are there).\n\n{}",
+                pg.trim_end()
+            );
         }
         md
     }

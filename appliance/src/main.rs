@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 use appliance::audit::{self, AuditConfig, AuditFilter, AuditKind, AuditRecord};
 use appliance::config::RuntimeConfig;
@@ -171,14 +169,7 @@ fn main() {
         Command::Serve { .. } => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .finish()
-        .with(tunnel_lite::logging::filter_from_env(
-            "APPLIANCE_LOG",
-            default_level,
-        ))
-        .init();
+    tunnel_lite::logging::init("APPLIANCE_LOG", default_level, true);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -7,6 +7,19 @@
 
 use tracing_subscriber::filter::Targets;
 
+/// Installs the process's logger: plain text on stderr, filtered by `var`
+/// ([`filter_from_env`]); `with_target` adds each event's module path.
+pub fn init(var: &str, default: &str, with_target: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(with_target)
+        .finish()
+        .with(filter_from_env(var, default))
+        .init();
+}
+
 /// The filter named by `var`, or `default` (a level such as `"info"`) when the
 /// variable is unset. A malformed value is reported on stderr and the
 /// default applies: a typo must not silence the logs.

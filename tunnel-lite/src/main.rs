@@ -6,8 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 use tunnel_lite::client::ApplianceClient;
 use tunnel_lite::daemon::{self, UpOptions};
@@ -111,15 +109,7 @@ static GLOBAL: tunnel_lite::alloc_count::CountingAlloc = tunnel_lite::alloc_coun
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .finish()
-        .with(tunnel_lite::logging::filter_from_env(
-            "TUNNEL_LITE_LOG",
-            "info",
-        ))
-        .init();
+    tunnel_lite::logging::init("TUNNEL_LITE_LOG", "info", false);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -116,13 +116,18 @@ pub struct Masker<'a> {
     pub detectors: Detectors,
     login: CatalogLogin<'a>,
     side: Option<SideConn>,
-    /// Table OID -> (attnum, the name that decides masking).
-    relations: HashMap<u32, Vec<(i16, ColumnName)>>,
-    /// Table OID -> (attnum, the relation's own column name), from the same
-    /// lookup (COPY lists columns by their own names).
-    own: HashMap<u32, Vec<(i16, String)>>,
-    /// Table OID -> when it was looked up ([`CATALOG_TTL`]).
-    fetched: HashMap<u32, Instant>,
+    /// Table OID -> what one catalog lookup said about it.
+    relations: HashMap<u32, Cached>,
+}
+
+/// One relation as looked up.
+struct Cached {
+    /// (attnum, the name that decides masking).
+    entries: Vec<(i16, ColumnName)>,
+    /// (attnum, the relation's own column name): COPY lists columns by them.
+    own: Vec<(i16, String)>,
+    /// When it was looked up ([`CATALOG_TTL`]).
+    fetched: Instant,
 }
 
 type Lookup<'f> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'f>>;
@@ -135,8 +140,6 @@ impl<'a> Masker<'a> {
             login,
             side: None,
             relations: HashMap::new(),
-            own: HashMap::new(),
-            fetched: HashMap::new(),
         }
     }
 
@@ -151,22 +154,25 @@ impl<'a> Masker<'a> {
                 .collect();
             oids.sort_unstable();
             oids.dedup();
-            self.expire(Instant::now());
+            let started = Instant::now();
+            self.relations
+                .retain(|_, c| started.duration_since(c.fetched) <= CATALOG_TTL);
             for oid in &oids {
                 self.resolve(*oid, 0).await?;
             }
-            // A column the cached entry lacks was added since (by another
-            // session): look the relation up again before planning.
+            // A column an entry from before this plan lacks was added since
+            // (by another session): look the relation up again.
             let mut stale: Vec<u32> = desc
                 .fields()
                 .filter(|f| f.table_oid != 0 && f.column_id > 0)
                 .filter(|f| column(&self.relations, f.table_oid, f.column_id).is_none())
                 .map(|f| f.table_oid)
+                .filter(|oid| self.relations.get(oid).is_some_and(|c| c.fetched < started))
                 .collect();
             stale.sort_unstable();
             stale.dedup();
             for oid in stale {
-                self.drop_relation(oid);
+                self.relations.remove(&oid);
                 self.resolve(oid, 0).await?;
             }
         }
@@ -228,13 +234,19 @@ impl<'a> Masker<'a> {
             .ok_or_else(|| format!("relation {} not found", name.join(".")))?;
         // COPY lists every column without a description to check against:
         // always plan it from a fresh lookup (one query per COPY).
-        self.drop_relation(oid);
+        self.relations.remove(&oid);
         self.resolve(oid, 0).await?;
-        let entries = self.relations.get(&oid).cloned().unwrap_or_default();
+        let Some(cached) = self.relations.get(&oid) else {
+            return Err(format!("relation {} not found", name.join(".")));
+        };
         let masked = if spec.columns.is_empty() {
-            entries.iter().map(|(_, c)| self.rules.matches(c)).collect()
+            cached
+                .entries
+                .iter()
+                .map(|(_, c)| self.rules.matches(c))
+                .collect()
         } else {
-            let own = self.own.get(&oid).cloned().unwrap_or_default();
+            let own = &cached.own;
             spec.columns
                 .iter()
                 .map(|listed| {
@@ -256,27 +268,6 @@ impl<'a> Masker<'a> {
     /// Forgets every cached relation (after DDL in this session).
     pub fn forget(&mut self) {
         self.relations.clear();
-        self.own.clear();
-        self.fetched.clear();
-    }
-
-    /// Forgets the relations looked up more than [`CATALOG_TTL`] before `now`.
-    fn expire(&mut self, now: Instant) {
-        let old: Vec<u32> = self
-            .fetched
-            .iter()
-            .filter(|(_, at)| now.duration_since(**at) > CATALOG_TTL)
-            .map(|(oid, _)| *oid)
-            .collect();
-        for oid in old {
-            self.drop_relation(oid);
-        }
-    }
-
-    fn drop_relation(&mut self, oid: u32) {
-        self.relations.remove(&oid);
-        self.own.remove(&oid);
-        self.fetched.remove(&oid);
     }
 
     /// Looks relation `oid` up (views: also what they reference) into the cache.
@@ -287,47 +278,71 @@ impl<'a> Masker<'a> {
             }
             let oid_text = oid.to_string();
             let rows = self.query(&COLUMNS_SQL.replace("$1", &oid_text)).await?;
+            let fetched = Instant::now();
             let rel = relation_from(&rows)?;
-            let own_names = rel.columns.iter().map(|(a, c)| (*a, c.column.clone()));
-            self.own.insert(oid, own_names.collect());
-            self.fetched.insert(oid, Instant::now());
-            if !rel.is_view() {
-                self.relations.insert(oid, rel.table_entries());
-                return Ok(());
-            }
-            let ev_action = if depth < MAX_VIEW_DEPTH {
-                let rows = self.query(&VIEW_RULE_SQL.replace("$1", &oid_text)).await?;
-                rows.into_iter()
-                    .next()
-                    .and_then(|r| r.into_iter().next().flatten())
-            } else {
-                None
-            };
-            for t in ev_action
-                .as_deref()
-                .and_then(parse_view_targets)
-                .unwrap_or_default()
-            {
-                if t.origin_table != 0 && t.origin_table != oid {
-                    self.resolve(t.origin_table, depth + 1).await?;
-                }
-            }
-            let deps: Vec<ColumnName> = self
-                .query(&VIEW_DEPENDENCIES_SQL.replace("$1", &oid_text))
-                .await?
-                .into_iter()
-                .filter_map(|r| match r.as_slice() {
-                    [Some(s), Some(t), Some(c)] => Some(ColumnName::new(s, t, c)),
-                    _ => None,
-                })
+            let own: Vec<(i16, String)> = rel
+                .columns
+                .iter()
+                .map(|(a, c)| (*a, c.column.clone()))
                 .collect();
-            let relations = &self.relations;
-            let entries = rel.view_entries(ev_action.as_deref(), &deps, self.rules, &|o, a| {
-                column(relations, o, a)
-            });
-            self.relations.insert(oid, entries);
+            let entries = if rel.is_view() {
+                self.view_entries(oid, &rel, depth).await?
+            } else {
+                rel.table_entries()
+            };
+            self.relations.insert(
+                oid,
+                Cached {
+                    entries,
+                    own,
+                    fetched,
+                },
+            );
             Ok(())
         })
+    }
+
+    /// A view's resolver entries: what each of its columns reads, resolving
+    /// the relations it references first.
+    async fn view_entries(
+        &mut self,
+        oid: u32,
+        rel: &Relation,
+        depth: u8,
+    ) -> Result<Vec<(i16, ColumnName)>, String> {
+        let oid_text = oid.to_string();
+        let ev_action = if depth < MAX_VIEW_DEPTH {
+            let rows = self.query(&VIEW_RULE_SQL.replace("$1", &oid_text)).await?;
+            rows.into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next().flatten())
+        } else {
+            None
+        };
+        for t in ev_action
+            .as_deref()
+            .and_then(parse_view_targets)
+            .unwrap_or_default()
+        {
+            if t.origin_table != 0 && t.origin_table != oid {
+                self.resolve(t.origin_table, depth + 1).await?;
+            }
+        }
+        let deps: Vec<ColumnName> = self
+            .query(&VIEW_DEPENDENCIES_SQL.replace("$1", &oid_text))
+            .await?
+            .into_iter()
+            .filter_map(|r| match r.as_slice() {
+                [Some(s), Some(t), Some(c)] => Some(ColumnName::new(s, t, c)),
+                _ => None,
+            })
+            .collect();
+        let relations = &self.relations;
+        Ok(
+            rel.view_entries(ev_action.as_deref(), &deps, self.rules, &|o, a| {
+                column(relations, o, a)
+            }),
+        )
     }
 
     async fn query(&mut self, sql: &str) -> Result<Vec<super::sideconn::Row>, String> {
@@ -372,13 +387,10 @@ impl<'a> Masker<'a> {
     }
 }
 
-fn column(
-    relations: &HashMap<u32, Vec<(i16, ColumnName)>>,
-    oid: u32,
-    att: i16,
-) -> Option<ColumnName> {
+fn column(relations: &HashMap<u32, Cached>, oid: u32, att: i16) -> Option<ColumnName> {
     relations
         .get(&oid)?
+        .entries
         .iter()
         .find(|(a, _)| *a == att)
         .map(|(_, c)| c.clone())

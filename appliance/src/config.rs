@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// The shortest `header_timeout` accepted: a second more than tunnel-lite
+/// keeps a spare connection waiting for its header.
+pub const MIN_HEADER_TIMEOUT: Duration =
+    Duration::from_secs(tunnel_lite::spare::SPARE_MAX_AGE.as_secs() + 1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {0}: {1}")]
@@ -149,6 +154,22 @@ impl RuntimeConfig {
                 "tls_cert and tls_key must be given together".into(),
             ));
         }
+        let header_timeout = dur(
+            "header_timeout",
+            raw.header_timeout,
+            Duration::from_secs(10),
+        )?;
+        if header_timeout < MIN_HEADER_TIMEOUT {
+            // tunnel-lite holds a spare connection up to 1 s before its header
+            // (tunnel_lite::spare); a shorter deadline would refuse spares.
+            return Err(ConfigError::Invalid(
+                shown.to_string(),
+                format!(
+                    "header_timeout = {:?} is below the minimum of {:?}",
+                    header_timeout, MIN_HEADER_TIMEOUT
+                ),
+            ));
+        }
         let tls_names = if raw.tls_names.is_empty() {
             vec!["localhost".into(), "127.0.0.1".into(), "appliance".into()]
         } else {
@@ -196,11 +217,7 @@ impl RuntimeConfig {
                 raw.upstream_connect_timeout,
                 Duration::from_secs(5),
             )?,
-            header_timeout: dur(
-                "header_timeout",
-                raw.header_timeout,
-                Duration::from_secs(10),
-            )?,
+            header_timeout,
             policy_poll_interval: dur(
                 "policy_poll_interval",
                 raw.policy_poll_interval,
@@ -281,6 +298,12 @@ mod tests {
         std::fs::write(&file, "listen = \"127.0.0.1:9443\"\nbogus = 1\n").unwrap();
         let err = RuntimeConfig::load(Some(&file)).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
+        std::fs::write(&file, "header_timeout = \"500ms\"\n").unwrap();
+        let err = RuntimeConfig::load(Some(&file)).unwrap_err().to_string();
+        assert!(
+            err.contains("header_timeout") && err.contains("minimum of 2s"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

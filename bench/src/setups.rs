@@ -236,6 +236,16 @@ impl TunnelStack {
     /// Starts both processes and waits until tunnel-lite listens for the
     /// connection, without opening any tunnel (so idle RSS is truly idle).
     pub async fn start(bins: &Bins, upstream: SocketAddr, name: &str) -> Result<TunnelStack> {
+        Self::start_with(bins, upstream, name, &[]).await
+    }
+
+    /// [`Self::start`] with extra arguments for `tunnel-lite up`.
+    pub async fn start_with(
+        bins: &Bins,
+        upstream: SocketAddr,
+        name: &str,
+        up_extra: &[&str],
+    ) -> Result<TunnelStack> {
         let dir = tempfile::Builder::new().prefix("bench-tunnel-").tempdir()?;
         let d = dir.path();
         let mut commands = Vec::new();
@@ -324,10 +334,11 @@ impl TunnelStack {
         commands.push(format!("tunnel-lite {}", login_args.join(" ")));
         let dns_at = localhost(free_port()?);
         let dns_s = dns_at.to_string();
-        let up_args = ["--config-dir", &tl_dir_s, "up", "--dns-listen", &dns_s];
+        let mut up_args = vec!["--config-dir", &tl_dir_s, "up", "--dns-listen", &dns_s];
+        up_args.extend_from_slice(up_extra);
         let mut tunnel_lite = Proc::spawn(
             "tunnel-lite",
-            tokio::process::Command::new(&bins.tunnel_lite).args(up_args),
+            tokio::process::Command::new(&bins.tunnel_lite).args(&up_args),
             d.join("tunnel-lite.log"),
         )?;
         commands.push(format!("tunnel-lite {}", up_args.join(" ")));

@@ -12,5 +12,6 @@ mod login;
 mod pg_controls;
 mod pg_masking;
 mod postgres;
+mod spare;
 mod ssh;
 mod tunnel;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 
 use crate::api::{
@@ -15,6 +16,7 @@ use crate::api::{
     LoginRequest, LoginResponse,
 };
 use crate::http::{self, HttpResponse};
+use crate::spare::{SpareSlot, SPARE_MAX_AGE};
 use crate::tls::{self, Trust};
 use crate::wire::{self, Request, Status, MAX_REQUEST, MAX_RESPONSE};
 
@@ -32,6 +34,8 @@ pub enum ClientError {
     Refused { status: Status, reason: String },
     #[error("the appliance sent a malformed answer: {0}")]
     Protocol(String),
+    #[error("the appliance closed the tunnel before answering")]
+    ClosedBeforeAnswer,
     #[error("timed out talking to the appliance at {0}")]
     Timeout(String),
     #[error(transparent)]
@@ -78,6 +82,8 @@ pub struct ApplianceClient {
     server_name: ServerName<'static>,
     tunnel_tls: tokio_rustls::TlsConnector,
     api_tls: Arc<rustls::ClientConfig>,
+    /// Set by [`ApplianceClient::with_spare`]; shared by clones.
+    spare: Option<Arc<SpareSlot<TlsStream<TcpStream>>>>,
 }
 
 impl ApplianceClient {
@@ -94,7 +100,15 @@ impl ApplianceClient {
             server_name,
             tunnel_tls: tokio_rustls::TlsConnector::from(tls::client_config(trust, wire::ALPN)?),
             api_tls: tls::client_config(trust, b"http/1.1")?,
+            spare: None,
         })
+    }
+
+    /// Keeps one spare tunnel connection handshaken after each tunnel opens
+    /// (see [`crate::spare`]), so the next one skips the TLS handshake.
+    pub fn with_spare(mut self) -> Self {
+        self.spare = Some(Arc::default());
+        self
     }
 
     pub fn addr(&self) -> &str {
@@ -122,15 +136,80 @@ impl ApplianceClient {
         target: &str,
         port: u16,
     ) -> Result<TlsStream<TcpStream>, ClientError> {
+        let Some(slot) = &self.spare else {
+            let tls = self.connect().await?;
+            return self.request(tls, token, target, port).await;
+        };
+        let result = match slot.take(Instant::now()) {
+            Some(tls) => match self.request(tls, token, target, port).await {
+                // The spare broke before the appliance answered (it restarted,
+                // or a middlebox dropped the idle connection): nothing was
+                // admitted, so open a fresh one.
+                Err(e @ (ClientError::Tls(..) | ClientError::ClosedBeforeAnswer)) => {
+                    tracing::debug!(error = %e, "spare tunnel connection unusable; opening a fresh one");
+                    let tls = self.connect().await?;
+                    self.request(tls, token, target, port).await
+                }
+                r => r,
+            },
+            None => {
+                let tls = self.connect().await?;
+                self.request(tls, token, target, port).await
+            }
+        };
+        // Connected, or refused by a reachable appliance: worth a spare for
+        // the next connection. Not after a connect failure (appliance down).
+        if matches!(result, Ok(_) | Err(ClientError::Refused { .. })) {
+            self.fill_spare(slot);
+        }
+        result
+    }
+
+    /// Connects and handshakes a spare in the background, unless one is
+    /// stored or on its way; closes it at [`SPARE_MAX_AGE`] if unused.
+    fn fill_spare(&self, slot: &Arc<SpareSlot<TlsStream<TcpStream>>>) {
+        if !slot.begin_fill() {
+            return;
+        }
+        let this = self.clone();
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            match tokio::time::timeout(SPARE_MAX_AGE, this.connect()).await {
+                Ok(Ok(tls)) => {
+                    let generation = slot.put(tls, started);
+                    tokio::time::sleep_until(started + SPARE_MAX_AGE).await;
+                    drop(slot.expire(generation));
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "could not open a spare tunnel connection");
+                    slot.fill_failed();
+                }
+                Err(_) => slot.fill_failed(),
+            }
+        });
+    }
+
+    /// TCP connect and TLS handshake.
+    async fn connect(&self) -> Result<TlsStream<TcpStream>, ClientError> {
         let tcp = TcpStream::connect(&self.addr)
             .await
             .map_err(|e| ClientError::Connect(self.addr.clone(), e))?;
         let _ = tcp.set_nodelay(true);
-        let mut tls = self
-            .tunnel_tls
+        self.tunnel_tls
             .connect(self.server_name.clone(), tcp)
             .await
-            .map_err(|e| ClientError::Tls(self.addr.clone(), e))?;
+            .map_err(|e| ClientError::Tls(self.addr.clone(), e))
+    }
+
+    /// Sends the tunnel header on a handshaken connection and reads the answer.
+    async fn request(
+        &self,
+        mut tls: TlsStream<TcpStream>,
+        token: &str,
+        target: &str,
+        port: u16,
+    ) -> Result<TlsStream<TcpStream>, ClientError> {
         let mut header = [0u8; MAX_REQUEST];
         let n = wire::encode_request(
             &Request {
@@ -176,9 +255,7 @@ impl ApplianceClient {
                 .await
                 .map_err(|e| ClientError::Tls(self.addr.clone(), e))?;
             if n == 0 {
-                return Err(ClientError::Protocol(
-                    "the appliance closed the tunnel before answering".into(),
-                ));
+                return Err(ClientError::ClosedBeforeAnswer);
             }
             have += n;
         }

@@ -29,6 +29,8 @@ pub struct UpOptions {
     pub dns_listen: Option<SocketAddr>,
     /// How often the connection list is re-read.
     pub refresh_every: Duration,
+    /// Keep a spare tunnel connection handshaken after each open (`crate::spare`).
+    pub spare: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,10 +103,13 @@ impl Ctx {
 /// then runs the listeners and the refresh loop in the background.
 pub async fn start(opts: UpOptions) -> Result<Running, UpError> {
     let state = State::load(&opts.config_dir)?;
-    let client = ApplianceClient::new(
+    let mut client = ApplianceClient::new(
         &state.appliance,
         &state.trust.to_trust().map_err(ClientError::from)?,
     )?;
+    if opts.spare {
+        client = client.with_spare();
+    }
     let list = match client.connections(&state.session_token).await {
         Ok(l) => l,
         Err(e) if e.needs_login() => {

@@ -20,6 +20,7 @@ pub mod logging;
 pub mod login;
 pub mod pgrefusal;
 pub mod relay;
+pub mod spare;
 pub mod state;
 pub mod tls;
 pub mod wire;

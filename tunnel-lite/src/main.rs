@@ -54,6 +54,10 @@ enum Command {
         /// How often to re-read the connection list.
         #[arg(long, default_value = "10s")]
         refresh: String,
+        /// Don't keep a spare connection to the appliance handshaken after
+        /// each tunnel opens (the next tunnel then does its own TLS handshake).
+        #[arg(long)]
+        no_spare: bool,
     },
     /// Show who you are, the token's expiry, and the names you can reach.
     Status,
@@ -195,6 +199,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Up {
             dns_listen,
             refresh,
+            no_spare,
         } => {
             let dns_listen = match dns_listen.as_str() {
                 "off" | "none" => None,
@@ -209,6 +214,7 @@ async fn run(cli: Cli) -> Result<()> {
                 config_dir: dir,
                 dns_listen,
                 refresh_every,
+                spare: !no_spare,
             })
             .await?;
             running.wait_for_signal().await;

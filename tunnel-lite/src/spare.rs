@@ -1,0 +1,166 @@
+//! One spare tunnel connection, connected and handshaken ahead of need.
+//!
+//! Opening a tunnel costs a TCP connect and a TLS handshake (resumed, but
+//! still a round trip and an X25519 exchange on both ends) before the header
+//! can go out. After a tunnel opens, tunnel-lite connects and handshakes one
+//! spare in the background, so the next connection, if it comes within
+//! [`SPARE_MAX_AGE`], only sends its header and waits for the answer. A
+//! burst of N connections costs N + 1 handshakes instead of N, all but the
+//! first off the path the person waits on.
+//!
+//! An unused spare is closed at [`SPARE_MAX_AGE`], well before the
+//! appliance's header deadline (`header_timeout`, which the appliance keeps
+//! at 2 s or more), so a laptop that stops opening connections holds nothing
+//! open and the appliance sees a quiet close before any header, never a late
+//! header. This module only keeps the slot; `client` connects and uses it.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How long a spare may wait for a connection to carry.
+pub const SPARE_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// The slot for one spare stream `S`, shared by clones of the client.
+#[derive(Debug)]
+pub struct SpareSlot<S> {
+    state: Mutex<SlotState<S>>,
+}
+
+#[derive(Debug)]
+struct SlotState<S> {
+    spare: Option<Spare<S>>,
+    /// A fill is connecting now: don't start another.
+    filling: bool,
+    /// Tells one stored spare from the next, so an expiry timer only closes
+    /// the spare it was started for.
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct Spare<S> {
+    stream: S,
+    /// When its TCP connect started (the appliance's deadline starts at accept).
+    started: Instant,
+    generation: u64,
+}
+
+impl<S> Default for SpareSlot<S> {
+    fn default() -> Self {
+        SpareSlot {
+            state: Mutex::new(SlotState {
+                spare: None,
+                filling: false,
+                generation: 0,
+            }),
+        }
+    }
+}
+
+impl<S> SpareSlot<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState<S>> {
+        // The state stays consistent whatever panicked while holding it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The spare, if there is one young enough to use at `now`.
+    pub fn take(&self, now: Instant) -> Option<S> {
+        let spare = self.lock().spare.take()?;
+        (now.duration_since(spare.started) < SPARE_MAX_AGE).then_some(spare.stream)
+    }
+
+    /// Claims the right to connect a new spare: false if one is stored or
+    /// already being connected.
+    pub fn begin_fill(&self) -> bool {
+        let mut st = self.lock();
+        if st.filling || st.spare.is_some() {
+            return false;
+        }
+        st.filling = true;
+        true
+    }
+
+    /// Stores the spare a fill connected; returns its generation for [`Self::expire`].
+    pub fn put(&self, stream: S, started: Instant) -> u64 {
+        let mut st = self.lock();
+        st.generation += 1;
+        let generation = st.generation;
+        st.filling = false;
+        st.spare = Some(Spare {
+            stream,
+            started,
+            generation,
+        });
+        generation
+    }
+
+    /// A fill could not connect: the next tunnel opens the normal way.
+    pub fn fill_failed(&self) {
+        self.lock().filling = false;
+    }
+
+    /// Removes the spare of `generation` if nobody took it; the caller drops
+    /// (closes) it outside the lock.
+    pub fn expire(&self, generation: u64) -> Option<S> {
+        let mut st = self.lock();
+        match &st.spare {
+            Some(s) if s.generation == generation => st.spare.take().map(|s| s.stream),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spare_is_taken_once_while_young() {
+        let slot = SpareSlot::default();
+        assert!(slot.begin_fill());
+        assert!(!slot.begin_fill(), "one fill at a time");
+        let started = Instant::now();
+        slot.put("a", started);
+        assert!(!slot.begin_fill(), "no fill while a spare waits");
+        assert_eq!(slot.take(started + Duration::from_millis(100)), Some("a"));
+        assert_eq!(slot.take(started + Duration::from_millis(100)), None);
+        assert!(slot.begin_fill(), "taking the spare allows the next fill");
+    }
+
+    #[test]
+    fn an_old_spare_is_never_used() {
+        let slot = SpareSlot::default();
+        assert!(slot.begin_fill());
+        let started = Instant::now();
+        slot.put("old", started);
+        assert_eq!(slot.take(started + SPARE_MAX_AGE), None);
+        assert!(slot.begin_fill(), "the old spare was removed");
+    }
+
+    #[test]
+    fn expiry_closes_only_its_own_spare() {
+        let slot = SpareSlot::default();
+        let t = Instant::now();
+        assert!(slot.begin_fill());
+        let first = slot.put("first", t);
+        assert_eq!(slot.take(t), Some("first"));
+        assert!(slot.begin_fill());
+        let second = slot.put("second", t);
+        assert_eq!(
+            slot.expire(first),
+            None,
+            "a later spare is not the first's to close"
+        );
+        assert_eq!(slot.expire(second), Some("second"));
+        assert_eq!(slot.take(t), None);
+    }
+
+    #[test]
+    fn a_failed_fill_allows_another() {
+        let slot: SpareSlot<&str> = SpareSlot::default();
+        assert!(slot.begin_fill());
+        slot.fill_failed();
+        assert!(slot.begin_fill());
+    }
+}

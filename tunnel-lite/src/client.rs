@@ -140,7 +140,7 @@ impl ApplianceClient {
             let tls = self.connect().await?;
             return self.request(tls, token, target, port).await;
         };
-        let result = match slot.take(Instant::now()) {
+        let result = match slot.take_or_wait().await {
             Some(tls) => match self.request(tls, token, target, port).await {
                 // The spare broke before the appliance answered (it restarted,
                 // or a middlebox dropped the idle connection): nothing was

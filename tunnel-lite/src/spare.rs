@@ -17,6 +17,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// How long a spare may wait for a connection to carry.
@@ -26,6 +27,8 @@ pub const SPARE_MAX_AGE: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct SpareSlot<S> {
     state: Mutex<SlotState<S>>,
+    /// Woken when a fill ends (stored or failed).
+    fill_ended: Notify,
 }
 
 #[derive(Debug)]
@@ -33,9 +36,18 @@ struct SlotState<S> {
     spare: Option<Spare<S>>,
     /// A fill is connecting now: don't start another.
     filling: bool,
+    /// A tunnel open is waiting for that fill (only one waits; others go fresh).
+    waiter: bool,
     /// Tells one stored spare from the next, so an expiry timer only closes
     /// the spare it was started for.
     generation: u64,
+}
+
+impl<S> SlotState<S> {
+    fn take(&mut self, now: Instant) -> Option<S> {
+        let spare = self.spare.take()?;
+        (now.duration_since(spare.started) < SPARE_MAX_AGE).then_some(spare.stream)
+    }
 }
 
 #[derive(Debug)]
@@ -52,8 +64,10 @@ impl<S> Default for SpareSlot<S> {
             state: Mutex::new(SlotState {
                 spare: None,
                 filling: false,
+                waiter: false,
                 generation: 0,
             }),
+            fill_ended: Notify::new(),
         }
     }
 }
@@ -66,8 +80,33 @@ impl<S> SpareSlot<S> {
 
     /// The spare, if there is one young enough to use at `now`.
     pub fn take(&self, now: Instant) -> Option<S> {
-        let spare = self.lock().spare.take()?;
-        (now.duration_since(spare.started) < SPARE_MAX_AGE).then_some(spare.stream)
+        self.lock().take(now)
+    }
+
+    /// The spare; or, when one is being connected and nobody else waits for
+    /// it, that one once its handshake ends (it started earlier, so waiting
+    /// is never slower than a handshake of our own). `None`: connect anew.
+    pub async fn take_or_wait(&self) -> Option<S> {
+        let ended = self.fill_ended.notified();
+        tokio::pin!(ended);
+        // Registered before the state is read, so a fill ending in between
+        // still wakes this waiter.
+        ended.as_mut().enable();
+        {
+            let mut st = self.lock();
+            if let Some(s) = st.take(Instant::now()) {
+                return Some(s);
+            }
+            if !st.filling || st.waiter {
+                return None;
+            }
+            st.waiter = true;
+        }
+        // The fill gives up at SPARE_MAX_AGE itself; this bound is a backstop.
+        let _ = tokio::time::timeout(SPARE_MAX_AGE, ended).await;
+        let mut st = self.lock();
+        st.waiter = false;
+        st.take(Instant::now())
     }
 
     /// Claims the right to connect a new spare: false if one is stored or
@@ -92,12 +131,15 @@ impl<S> SpareSlot<S> {
             started,
             generation,
         });
+        drop(st);
+        self.fill_ended.notify_waiters();
         generation
     }
 
     /// A fill could not connect: the next tunnel opens the normal way.
     pub fn fill_failed(&self) {
         self.lock().filling = false;
+        self.fill_ended.notify_waiters();
     }
 
     /// Removes the spare of `generation` if nobody took it; the caller drops
@@ -154,6 +196,35 @@ mod tests {
         );
         assert_eq!(slot.expire(second), Some("second"));
         assert_eq!(slot.take(t), None);
+    }
+
+    #[tokio::test]
+    async fn one_open_waits_for_the_fill_under_way_and_others_connect_anew() {
+        let slot = std::sync::Arc::new(SpareSlot::default());
+        assert_eq!(slot.take_or_wait().await, None, "no fill: connect anew");
+        assert!(slot.begin_fill());
+        let waiter = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.take_or_wait().await }
+        });
+        // Until the first waiter is registered, a second open could wait too.
+        while !slot.lock().waiter {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(slot.take_or_wait().await, None, "only one waits");
+        slot.put("handshaken", Instant::now());
+        assert_eq!(waiter.await.unwrap(), Some("handshaken"));
+
+        assert!(slot.begin_fill());
+        let waiter = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.take_or_wait().await }
+        });
+        while !slot.lock().waiter {
+            tokio::task::yield_now().await;
+        }
+        slot.fill_failed();
+        assert_eq!(waiter.await.unwrap(), None, "a failed fill: connect anew");
     }
 
     #[test]

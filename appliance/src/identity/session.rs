@@ -2,6 +2,7 @@
 //! Ed25519 key, which is generated once and kept in a 0600 PKCS#8 PEM file.
 //! Issuing and checking only; who may get a token is decided elsewhere.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -46,7 +47,17 @@ pub struct SessionClaims {
 pub struct SessionSigner {
     key: Ed25519KeyPair,
     kid: String,
+    /// Tokens whose signature and fixed claims checked out, by SHA-256 of
+    /// the token. Every tunnel presents the laptop's token again; the hash
+    /// costs ~1 us where the Ed25519 verification costs ~50 us on x86 and
+    /// several hundred on a small ARM core. Only `exp` depends on time, and
+    /// it is checked on every use; revocation is checked by the caller.
+    verified: std::sync::Mutex<HashMap<[u8; 32], SessionClaims>>,
 }
+
+/// Verified tokens kept at most; the map is emptied when full (the working
+/// set of a fleet's laptops refills it at one verification each).
+pub const VERIFIED_TOKENS_MAX: usize = 4096;
 
 impl std::fmt::Debug for SessionSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,7 +125,11 @@ impl SessionSigner {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        Ok(SessionSigner { key, kid })
+        Ok(SessionSigner {
+            key,
+            kid,
+            verified: Default::default(),
+        })
     }
 
     /// Mints a token for `who`, valid for `ttl`.
@@ -146,8 +161,46 @@ impl SessionSigner {
     }
 
     /// Checks a session token: EdDSA only, this appliance's key, `iss`, and
-    /// `exp` with [`SESSION_LEEWAY_SECS`].
+    /// `exp` with [`SESSION_LEEWAY_SECS`]. A token verified before skips the
+    /// signature check (see `verified`), never the expiry check.
     pub fn verify(&self, token: &str) -> Result<SessionClaims, IdentityError> {
+        self.verify_at(token, jws::now_unix())
+    }
+
+    /// [`Self::verify`] at `now` (unix seconds).
+    pub(crate) fn verify_at(&self, token: &str, now: u64) -> Result<SessionClaims, IdentityError> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        let cached = self.verified_map().get(&key).cloned();
+        let claims = match cached {
+            Some(claims) => claims,
+            None => {
+                let claims = self.verify_signed(token, now)?;
+                let mut map = self.verified_map();
+                if map.len() >= VERIFIED_TOKENS_MAX {
+                    map.clear();
+                }
+                map.insert(key, claims.clone());
+                claims
+            }
+        };
+        check_expiry(&claims, now)?;
+        Ok(claims)
+    }
+
+    fn verified_map(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], SessionClaims>> {
+        // A plain map: whatever panicked while holding it left it usable.
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many verified tokens are kept (for tests).
+    pub fn verified_len(&self) -> usize {
+        self.verified_map().len()
+    }
+
+    /// The signature and the claims that do not change with time.
+    fn verify_signed(&self, token: &str, now: u64) -> Result<SessionClaims, IdentityError> {
         let token = jws::parse(token, &[Alg::EdDsa])?;
         if token.kid.as_deref().is_some_and(|kid| kid != self.kid) {
             return Err(IdentityError::invalid("signed by an unknown key"));
@@ -169,10 +222,7 @@ impl SessionSigner {
         if claims.iss != SESSION_ISSUER {
             return Err(IdentityError::invalid("wrong issuer"));
         }
-        let now = jws::now_unix();
-        if claims.exp.saturating_add(SESSION_LEEWAY_SECS) < now {
-            return Err(IdentityError::Expired { exp: claims.exp });
-        }
+        check_expiry(&claims, now)?;
         if claims.iat > now.saturating_add(SESSION_LEEWAY_SECS) {
             return Err(IdentityError::invalid("issued in the future"));
         }
@@ -206,6 +256,14 @@ impl SessionSigner {
     pub fn key_id(&self) -> &str {
         &self.kid
     }
+}
+
+/// Whether `claims` are still valid at `now` (unix seconds), with leeway.
+fn check_expiry(claims: &SessionClaims, now: u64) -> Result<(), IdentityError> {
+    if claims.exp.saturating_add(SESSION_LEEWAY_SECS) < now {
+        return Err(IdentityError::Expired { exp: claims.exp });
+    }
+    Ok(())
 }
 
 /// Writes `contents` to `path` only if it does not exist yet (error

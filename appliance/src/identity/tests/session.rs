@@ -168,3 +168,36 @@ fn session_key_is_persisted_with_mode_0600() {
     let err = SessionSigner::load_or_generate(&bad).unwrap_err();
     assert!(matches!(err, IdentityError::BadKeyFile { .. }), "{err}");
 }
+
+#[test]
+fn a_verified_token_is_remembered_but_its_expiry_is_checked_every_time() {
+    let signer = SessionSigner::ephemeral().unwrap();
+    let token = signer.issue(&alice(), Duration::from_secs(60)).unwrap();
+    let now = now_unix();
+    let claims = signer.verify_at(&token, now).unwrap();
+    assert_eq!(signer.verified_len(), 1);
+    assert_eq!(signer.verify_at(&token, now + 30).unwrap(), claims);
+    assert_eq!(signer.verified_len(), 1, "the second use hit the cache");
+    // Remembered, yet refused once it has expired.
+    assert!(matches!(
+        signer.verify_at(&token, now + 120),
+        Err(IdentityError::Expired { .. })
+    ));
+    // A token differing in one byte of its signature is a different key, and fails.
+    let mut tampered = token.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    assert!(signer.verify_at(&tampered, now).is_err());
+    assert_eq!(signer.verified_len(), 1, "failures are not remembered");
+}
+
+#[test]
+fn the_verified_tokens_stay_bounded() {
+    let signer = SessionSigner::ephemeral().unwrap();
+    for _ in 0..crate::identity::session::VERIFIED_TOKENS_MAX + 10 {
+        let token = signer.issue(&alice(), Duration::from_secs(60)).unwrap();
+        signer.verify(&token).unwrap();
+    }
+    assert!(signer.verified_len() <= crate::identity::session::VERIFIED_TOKENS_MAX);
+}

@@ -104,6 +104,11 @@ impl ApplianceClient {
         })
     }
 
+    /// Whether a spare tunnel connection is stored now (see [`crate::spare`]).
+    pub fn has_spare(&self) -> bool {
+        self.spare.as_ref().is_some_and(|slot| slot.is_stored())
+    }
+
     /// Keeps one spare tunnel connection handshaken after each tunnel opens
     /// (see [`crate::spare`]), so the next one skips the TLS handshake.
     pub fn with_spare(mut self) -> Self {
@@ -140,18 +145,27 @@ impl ApplianceClient {
             let tls = self.connect().await?;
             return self.request(tls, token, target, port).await;
         };
-        let result = match slot.take_or_wait().await {
-            Some(tls) => match self.request(tls, token, target, port).await {
-                // The spare broke before the appliance answered (it restarted,
-                // or a middlebox dropped the idle connection): nothing was
-                // admitted, so open a fresh one.
-                Err(e @ (ClientError::Tls(..) | ClientError::ClosedBeforeAnswer)) => {
-                    tracing::debug!(error = %e, "spare tunnel connection unusable; opening a fresh one");
-                    let tls = self.connect().await?;
-                    self.request(tls, token, target, port).await
+        // A spare the appliance or the network closed while it waited
+        // (restart, middlebox timeout) shows as EOF or an error here.
+        let spare = slot
+            .take_or_wait()
+            .await
+            .and_then(|mut tls| still_open(&mut tls).then_some(tls));
+        let result = match spare {
+            Some(mut tls) => {
+                match self.send_header(&mut tls, token, target, port).await {
+                    Ok(()) => self.read_answer(tls).await,
+                    // The header did not go out whole, so the appliance
+                    // admitted nothing: a fresh connection is safe. (After
+                    // it went out, a failure is reported, not retried: the
+                    // appliance may have admitted it.)
+                    Err(e) => {
+                        tracing::debug!(error = %e, "spare tunnel connection failed; opening a fresh one");
+                        let tls = self.connect().await?;
+                        self.request(tls, token, target, port).await
+                    }
                 }
-                r => r,
-            },
+            }
             None => {
                 let tls = self.connect().await?;
                 self.request(tls, token, target, port).await
@@ -210,6 +224,19 @@ impl ApplianceClient {
         target: &str,
         port: u16,
     ) -> Result<TlsStream<TcpStream>, ClientError> {
+        self.send_header(&mut tls, token, target, port).await?;
+        self.read_answer(tls).await
+    }
+
+    /// Writes and flushes the tunnel header. An error means it did not
+    /// reach the appliance whole (it fits one TLS record).
+    async fn send_header(
+        &self,
+        tls: &mut TlsStream<TcpStream>,
+        token: &str,
+        target: &str,
+        port: u16,
+    ) -> Result<(), ClientError> {
         let mut header = [0u8; MAX_REQUEST];
         let n = wire::encode_request(
             &Request {
@@ -225,8 +252,14 @@ impl ApplianceClient {
             .map_err(|e| ClientError::Tls(self.addr.clone(), e))?;
         tls.flush()
             .await
-            .map_err(|e| ClientError::Tls(self.addr.clone(), e))?;
+            .map_err(|e| ClientError::Tls(self.addr.clone(), e))
+    }
 
+    /// Reads the appliance's answer to the header.
+    async fn read_answer(
+        &self,
+        mut tls: TlsStream<TcpStream>,
+    ) -> Result<TlsStream<TcpStream>, ClientError> {
         // Read exactly the response header: bytes after it belong to the client.
         let mut buf = [0u8; MAX_RESPONSE];
         let mut have = 0;
@@ -364,4 +397,17 @@ impl ApplianceClient {
         let path = format!("/v1/approvals/{id}/{action}");
         Self::parse(&self.api("POST", &path, Some(token), Some(body)).await?)
     }
+}
+
+/// Whether an idle spare can still carry a tunnel: a read that would block
+/// means nothing arrived (the appliance sends nothing before the header).
+/// End of stream, an error or stray bytes mean it was closed or misbehaves.
+fn still_open(tls: &mut TlsStream<TcpStream>) -> bool {
+    use tokio::io::AsyncRead;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut byte = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    std::pin::Pin::new(tls)
+        .poll_read(&mut cx, &mut buf)
+        .is_pending()
 }

@@ -43,6 +43,15 @@ struct SlotState<S> {
     generation: u64,
 }
 
+/// The waiting open's claim on the fill under way.
+struct WaiterClaim<'a, S>(&'a SpareSlot<S>);
+
+impl<S> Drop for WaiterClaim<'_, S> {
+    fn drop(&mut self) {
+        self.0.lock().waiter = false;
+    }
+}
+
 impl<S> SlotState<S> {
     fn take(&mut self, now: Instant) -> Option<S> {
         let spare = self.spare.take()?;
@@ -78,9 +87,19 @@ impl<S> SpareSlot<S> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The spare, if there is one young enough to use at `now`.
+    /// The spare, if there is one young enough to use at `now` and no open
+    /// is already waiting for it.
     pub fn take(&self, now: Instant) -> Option<S> {
-        self.lock().take(now)
+        let mut st = self.lock();
+        if st.waiter {
+            return None;
+        }
+        st.take(now)
+    }
+
+    /// Whether a spare is stored now (it may still be too old to use).
+    pub fn is_stored(&self) -> bool {
+        self.lock().spare.is_some()
     }
 
     /// The spare; or, when one is being connected and nobody else waits for
@@ -94,19 +113,24 @@ impl<S> SpareSlot<S> {
         ended.as_mut().enable();
         {
             let mut st = self.lock();
+            if st.waiter {
+                // Another open waits for this fill (and its spare is theirs).
+                return None;
+            }
             if let Some(s) = st.take(Instant::now()) {
                 return Some(s);
             }
-            if !st.filling || st.waiter {
+            if !st.filling {
                 return None;
             }
             st.waiter = true;
         }
+        // Clears the claim however this future ends, dropped mid-wait included.
+        let _claim = WaiterClaim(self);
         // The fill gives up at SPARE_MAX_AGE itself; this bound is a backstop.
         let _ = tokio::time::timeout(SPARE_MAX_AGE, ended).await;
-        let mut st = self.lock();
-        st.waiter = false;
-        st.take(Instant::now())
+        let spare = self.lock().take(Instant::now());
+        spare
     }
 
     /// Claims the right to connect a new spare: false if one is stored or
@@ -198,33 +222,47 @@ mod tests {
         assert_eq!(slot.take(t), None);
     }
 
+    /// A spawned `take_or_wait`, returned once it has claimed the fill.
+    async fn waiting_open(
+        slot: &std::sync::Arc<SpareSlot<&'static str>>,
+    ) -> tokio::task::JoinHandle<Option<&'static str>> {
+        let waiter = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.take_or_wait().await }
+        });
+        while !slot.lock().waiter {
+            tokio::task::yield_now().await;
+        }
+        waiter
+    }
+
     #[tokio::test]
     async fn one_open_waits_for_the_fill_under_way_and_others_connect_anew() {
         let slot = std::sync::Arc::new(SpareSlot::default());
         assert_eq!(slot.take_or_wait().await, None, "no fill: connect anew");
         assert!(slot.begin_fill());
-        let waiter = tokio::spawn({
-            let slot = slot.clone();
-            async move { slot.take_or_wait().await }
-        });
-        // Until the first waiter is registered, a second open could wait too.
-        while !slot.lock().waiter {
-            tokio::task::yield_now().await;
-        }
+        let waiter = waiting_open(&slot).await;
         assert_eq!(slot.take_or_wait().await, None, "only one waits");
         slot.put("handshaken", Instant::now());
         assert_eq!(waiter.await.unwrap(), Some("handshaken"));
 
         assert!(slot.begin_fill());
-        let waiter = tokio::spawn({
-            let slot = slot.clone();
-            async move { slot.take_or_wait().await }
-        });
-        while !slot.lock().waiter {
-            tokio::task::yield_now().await;
-        }
+        let waiter = waiting_open(&slot).await;
         slot.fill_failed();
         assert_eq!(waiter.await.unwrap(), None, "a failed fill: connect anew");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_dropped_mid_wait_releases_its_claim() {
+        let slot: std::sync::Arc<SpareSlot<&str>> = std::sync::Arc::default();
+        assert!(slot.begin_fill());
+        let waiter = waiting_open(&slot).await;
+        assert_eq!(slot.take(Instant::now()), None, "reserved for the waiter");
+        waiter.abort();
+        let _ = waiter.await;
+        assert!(!slot.lock().waiter, "the claim went with the waiter");
+        slot.put("next", Instant::now());
+        assert_eq!(slot.take(Instant::now()), Some("next"));
     }
 
     #[test]

@@ -21,6 +21,8 @@ use crate::server::PolicyRx;
 pub const CURSOR: &str = "events";
 const BATCH: usize = 500;
 const IDLE: Duration = Duration::from_secs(1);
+/// With no routes, how often the skipped-to cursor is stored.
+const CURSOR_SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// One planned action of a dry run.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -56,6 +58,13 @@ pub fn dry_run(routes: &[Route], rec: &StoredRecord) -> (Vec<String>, Vec<DryRun
         })
         .collect();
     (kinds, plans)
+}
+
+async fn save_cursor(db: &std::path::Path, seq: i64) {
+    let db = db.to_path_buf();
+    if let Err(e) = blocking(move || audit::set_cursor(&db, CURSOR, seq)).await {
+        tracing::error!(error = %e, "event router cannot store its cursor");
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -133,6 +142,7 @@ pub async fn run(
             return;
         }
     };
+    let (mut saved, mut saved_at) = (cursor, tokio::time::Instant::now());
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tip = audit.subscribe_tip();
     loop {
@@ -141,19 +151,31 @@ pub async fn run(
             .as_ref()
             .is_none_or(|p| p.policy().routes.is_empty());
         if no_routes {
-            // Nothing to route: skip what was written meanwhile without reading it.
-            let t = *tip.borrow_and_update();
-            if t > cursor {
-                cursor = t;
-                let db2 = db.clone();
-                if let Err(e) = blocking(move || audit::set_cursor(&db2, CURSOR, t)).await {
-                    tracing::error!(error = %e, "event router cannot store its cursor");
-                }
+            // Nothing to route: skip what was written meanwhile without
+            // reading it. The skip is stored at most once per CURSOR_SAVE_EVERY,
+            // not per commit: each store is a write transaction of its own
+            // (and it made the audit writer re-read its pages after every
+            // commit). A crash loses at most that much skipping, and with no
+            // routes there is nothing to run twice.
+            cursor = cursor.max(*tip.borrow_and_update());
+            if cursor > saved && saved_at.elapsed() >= CURSOR_SAVE_EVERY {
+                save_cursor(&db, cursor).await;
+                (saved, saved_at) = (cursor, tokio::time::Instant::now());
             }
+            let wait = if cursor > saved {
+                CURSOR_SAVE_EVERY.saturating_sub(saved_at.elapsed())
+            } else {
+                IDLE
+            };
             tokio::select! {
                 _ = tip.changed() => {}
-                _ = tokio::time::sleep(IDLE) => {}
-                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => {
+                    if cursor > saved {
+                        save_cursor(&db, cursor).await;
+                    }
+                    return;
+                }
             }
             continue;
         }

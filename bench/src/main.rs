@@ -156,6 +156,14 @@ impl Clock {
     }
 }
 
+/// p50 and p99 of nanosecond samples, in microseconds.
+fn p50_p99_us(samples: &mut [u64]) -> (f64, f64) {
+    (
+        percentile(samples, 50.0) as f64 / 1e3,
+        percentile(samples, 99.0) as f64 / 1e3,
+    )
+}
+
 fn unique_name(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
@@ -372,10 +380,7 @@ async fn run(args: Args) -> Result<()> {
             )
             .await?;
             clock.add(&format!("round trips, {setup}"), t.elapsed().as_secs_f64());
-            let (p50, p99) = (
-                percentile(&mut s, 50.0) as f64 / 1e3,
-                percentile(&mut s, 99.0) as f64 / 1e3,
-            );
+            let (p50, p99) = p50_p99_us(&mut s);
             eprintln!(
                 "[rep {rep}/{}] round trip {setup:>6}: p50 {p50:.1} us, p99 {p99:.1} us",
                 plan.reps
@@ -401,10 +406,7 @@ async fn run(args: Args) -> Result<()> {
                 &format!("round trips on one CPU, {setup}"),
                 t.elapsed().as_secs_f64(),
             );
-            let (p50, p99) = (
-                percentile(&mut s, 50.0) as f64 / 1e3,
-                percentile(&mut s, 99.0) as f64 / 1e3,
-            );
+            let (p50, p99) = p50_p99_us(&mut s);
             eprintln!(
                 "[rep {rep}/{}] 1-CPU rtt  {setup:>6}: p50 {p50:.1} us, p99 {p99:.1} us",
                 plan.reps
@@ -427,10 +429,7 @@ async fn run(args: Args) -> Result<()> {
                 &format!("connection setup, {setup}"),
                 t.elapsed().as_secs_f64(),
             );
-            let (p50, p99) = (
-                percentile(&mut s, 50.0) as f64 / 1e3,
-                percentile(&mut s, 99.0) as f64 / 1e3,
-            );
+            let (p50, p99) = p50_p99_us(&mut s);
             eprintln!(
                 "[rep {rep}/{}] setup      {setup:>6}: p50 {p50:.1} us, p99 {p99:.1} us",
                 plan.reps
@@ -445,10 +444,7 @@ async fn run(args: Args) -> Result<()> {
             measure::setup_times(cold.addr, plan.setup_warmup, plan.setup_conns),
         )
         .await?;
-        let (p50, p99) = (
-            percentile(&mut s, 50.0) as f64 / 1e3,
-            percentile(&mut s, 99.0) as f64 / 1e3,
-        );
+        let (p50, p99) = p50_p99_us(&mut s);
         eprintln!(
             "[rep {rep}/{}] setup   no spare: p50 {p50:.1} us, p99 {p99:.1} us",
             plan.reps
@@ -704,10 +700,7 @@ async fn calibrate(
         sysinfo::set_affinity(me, &cpus[client..=client])?;
         sysinfo::set_affinity(upstream_pid, &cpus[server..=server])?;
         let mut s = measure::ping_pong(upstream, plan.rtt_warmup, plan.rtt_rounds).await?;
-        anyhow::Ok((
-            percentile(&mut s, 50.0) as f64 / 1e3,
-            percentile(&mut s, 99.0) as f64 / 1e3,
-        ))
+        anyhow::Ok(p50_p99_us(&mut s))
     };
     let same = run(0, 0).await;
     let cross = run(0, 1).await;

@@ -44,14 +44,19 @@ async fn echo(addr: SocketAddr, msg: &[u8]) {
     assert_eq!(back, msg);
 }
 
+/// An appliance with one tcp connection `echo` (port 7, an echo upstream) for `user`.
+async fn echo_appliance(user: &str) -> ApplianceFixture {
+    let upstream = e2e::echo_upstream().await;
+    ApplianceFixture::start(&policy_with(
+        1,
+        &tcp_connection("echo", &upstream.to_string(), &[7], &[user], &[]),
+    ))
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spare_is_ready_for_the_next_connection_and_closes_quietly_when_unused() {
-    let upstream = e2e::echo_upstream().await;
-    let app = ApplianceFixture::start(&policy_with(
-        1,
-        &tcp_connection("echo", &upstream.to_string(), &[7], &["sam"], &[]),
-    ))
-    .await;
+    let app = echo_appliance("sam").await;
     let tl = TunnelLite::start(&app, &app.token("sam", &[], HOUR)).await;
     let at = tl.wait_listening("echo", 7).await;
     // Let the spare made after wait_listening's probe expire first.
@@ -136,12 +141,7 @@ impl Cuttable {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spare_the_network_broke_is_replaced_by_a_fresh_connection() {
-    let upstream = e2e::echo_upstream().await;
-    let app = ApplianceFixture::start(&policy_with(
-        1,
-        &tcp_connection("echo", &upstream.to_string(), &[7], &["tess"], &[]),
-    ))
-    .await;
+    let app = echo_appliance("tess").await;
     let relay = Cuttable::start(app.addr).await;
     let trust = Trust::Pinned(parse_fingerprint(&app.fingerprint).unwrap());
     let client = ApplianceClient::new(&relay.addr.to_string(), &trust)

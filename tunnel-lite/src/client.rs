@@ -34,8 +34,6 @@ pub enum ClientError {
     Refused { status: Status, reason: String },
     #[error("the appliance sent a malformed answer: {0}")]
     Protocol(String),
-    #[error("the appliance closed the tunnel before answering")]
-    ClosedBeforeAnswer,
     #[error("timed out talking to the appliance at {0}")]
     Timeout(String),
     #[error(transparent)]
@@ -142,8 +140,7 @@ impl ApplianceClient {
         port: u16,
     ) -> Result<TlsStream<TcpStream>, ClientError> {
         let Some(slot) = &self.spare else {
-            let tls = self.connect().await?;
-            return self.request(tls, token, target, port).await;
+            return self.open_fresh(token, target, port).await;
         };
         // A spare the appliance or the network closed while it waited
         // (restart, middlebox timeout) shows as EOF or an error here.
@@ -161,15 +158,11 @@ impl ApplianceClient {
                     // appliance may have admitted it.)
                     Err(e) => {
                         tracing::debug!(error = %e, "spare tunnel connection failed; opening a fresh one");
-                        let tls = self.connect().await?;
-                        self.request(tls, token, target, port).await
+                        self.open_fresh(token, target, port).await
                     }
                 }
             }
-            None => {
-                let tls = self.connect().await?;
-                self.request(tls, token, target, port).await
-            }
+            None => self.open_fresh(token, target, port).await,
         };
         // Connected, or refused by a reachable appliance: worth a spare for
         // the next connection. Not after a connect failure (appliance down).
@@ -202,6 +195,17 @@ impl ApplianceClient {
                 Err(_) => slot.fill_failed(),
             }
         });
+    }
+
+    /// A tunnel on a connection of its own.
+    async fn open_fresh(
+        &self,
+        token: &str,
+        target: &str,
+        port: u16,
+    ) -> Result<TlsStream<TcpStream>, ClientError> {
+        let tls = self.connect().await?;
+        self.request(tls, token, target, port).await
     }
 
     /// TCP connect and TLS handshake.
@@ -288,7 +292,9 @@ impl ApplianceClient {
                 .await
                 .map_err(|e| ClientError::Tls(self.addr.clone(), e))?;
             if n == 0 {
-                return Err(ClientError::ClosedBeforeAnswer);
+                return Err(ClientError::Protocol(
+                    "the appliance closed the tunnel before answering".into(),
+                ));
             }
             have += n;
         }

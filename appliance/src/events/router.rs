@@ -263,9 +263,6 @@ pub async fn run(
                 }
             }
         }
-        let (db2, c) = (db.clone(), cursor);
-        if let Err(e) = blocking(move || audit::set_cursor(&db2, CURSOR, c)).await {
-            tracing::error!(error = %e, "event router cannot store its cursor");
-        }
+        save_cursor(&db, cursor).await;
     }
 }
